@@ -95,6 +95,9 @@ command exits. Most commands need root (or CAP_BPF and CAP_NET_ADMIN).`,
 			if g.output != "table" && g.output != "json" {
 				return fmt.Errorf("-o %q: output format must be table or json", g.output)
 			}
+			if g.netns != "" {
+				return enterNetns(g.netns)
+			}
 			return nil
 		},
 	}
