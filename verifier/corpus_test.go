@@ -1,0 +1,231 @@
+package verifier
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+)
+
+// The reference-tracking corpus: our own programs, each with the expected
+// outcome. Every case is also loaded into the kernel, which must agree.
+
+// corpusCase is one program of the corpus.
+type corpusCase struct {
+	name  string
+	typ   ebpf.ProgramType
+	insns asm.Instructions
+	// rule is the expected rejection rule, "" for accept.
+	rule string
+	// maps needed: "jmp" (prog array) and "rb" (ringbuf) by reference.
+	maps []string
+}
+
+// lookup emits a bpf_sk_lookup_tcp (or another lookup helper) of an
+// all-zero IPv4 tuple at fp-16, with the context in r6.
+func lookup(fn asm.BuiltinFunc) asm.Instructions {
+	return asm.Instructions{
+		stDW(asm.RFP, -16, 0),
+		stDW(asm.RFP, -8, 0),
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -16),
+		asm.Mov.Imm(asm.R3, 12),
+		asm.Mov.Imm(asm.R4, -1),
+		asm.Mov.Imm(asm.R5, 0),
+		fn.Call(),
+	}
+}
+
+// stDW is `*(u64 *)(dst + off) = imm`, which asm.StoreImm doesn't build.
+func stDW(dst asm.Register, off int16, imm int64) asm.Instruction {
+	return asm.Instruction{OpCode: asm.StoreImmOp(asm.DWord), Dst: dst, Offset: off, Constant: imm}
+}
+
+func prog(parts ...asm.Instructions) asm.Instructions {
+	out := asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)}
+	for _, p := range parts {
+		out = append(out, p...)
+	}
+	return out
+}
+
+func ins(i ...asm.Instruction) asm.Instructions { return i }
+
+var ret0 = ins(asm.Mov.Imm(asm.R0, 0), asm.Return())
+var ret0Out = ins(asm.Mov.Imm(asm.R0, 0).WithSymbol("out"), asm.Return())
+
+func corpus() []corpusCase {
+	tc := ebpf.SchedCLS
+	return []corpusCase{
+		{name: "release-on-all-paths", typ: tc, insns: prog(lookup(asm.FnSkLookupTcp),
+			ins(asm.JEq.Imm(asm.R0, 0, "out"), asm.Mov.Reg(asm.R1, asm.R0), asm.FnSkRelease.Call()), ret0Out)},
+		{name: "release-on-all-paths-xdp", typ: ebpf.XDP, insns: prog(lookup(asm.FnSkLookupUdp),
+			ins(asm.JEq.Imm(asm.R0, 0, "out"), asm.Mov.Reg(asm.R1, asm.R0), asm.FnSkRelease.Call()),
+			ins(asm.Mov.Imm(asm.R0, 2).WithSymbol("out"), asm.Return()))},
+		{name: "skc-lookup-release", typ: tc, insns: prog(lookup(asm.FnSkcLookupTcp),
+			ins(asm.JEq.Imm(asm.R0, 0, "out"), asm.Mov.Reg(asm.R1, asm.R0), asm.FnSkRelease.Call()), ret0Out)},
+		{name: "release-on-one-branch-only", typ: tc, rule: "unreleased-reference", insns: prog(lookup(asm.FnSkLookupTcp),
+			ins(asm.JEq.Imm(asm.R0, 0, "out"), asm.Mov.Reg(asm.R7, asm.R0), asm.FnGetPrandomU32.Call(),
+				asm.JEq.Imm(asm.R0, 0, "out"), asm.Mov.Reg(asm.R1, asm.R7), asm.FnSkRelease.Call()), ret0Out)},
+		{name: "copy-then-release", typ: tc, insns: prog(lookup(asm.FnSkLookupTcp),
+			ins(asm.Mov.Reg(asm.R7, asm.R0), asm.Mov.Reg(asm.R8, asm.R7), asm.JEq.Imm(asm.R0, 0, "out"),
+				asm.Mov.Reg(asm.R1, asm.R8), asm.FnSkRelease.Call()), ret0Out)},
+		{name: "release-twice", typ: tc, rule: "double-release", insns: prog(lookup(asm.FnSkLookupTcp),
+			ins(asm.JEq.Imm(asm.R0, 0, "out"), asm.Mov.Reg(asm.R7, asm.R0), asm.Mov.Reg(asm.R1, asm.R7), asm.FnSkRelease.Call(),
+				asm.Mov.Reg(asm.R1, asm.R7), asm.FnSkRelease.Call()), ret0Out)},
+		{name: "release-without-null-check", typ: tc, rule: "release-null", insns: prog(lookup(asm.FnSkLookupTcp),
+			ins(asm.Mov.Reg(asm.R1, asm.R0), asm.FnSkRelease.Call()), ret0)},
+		{name: "release-unreferenced-pointer", typ: tc, rule: "release-unreferenced", insns: prog(
+			ins(asm.LoadMem(asm.R1, asm.R6, 168, asm.DWord), asm.JEq.Imm(asm.R1, 0, "out"), asm.FnSkRelease.Call()), ret0Out)},
+		{name: "tail-call-holding-reference", typ: tc, rule: "tail-call-with-reference", maps: []string{"jmp"}, insns: prog(lookup(asm.FnSkLookupTcp),
+			ins(asm.JEq.Imm(asm.R0, 0, "out"), asm.Mov.Reg(asm.R7, asm.R0),
+				asm.Mov.Reg(asm.R1, asm.R6), asm.LoadMapPtr(asm.R2, 0).WithReference("jmp"), asm.Mov.Imm(asm.R3, 0), asm.FnTailCall.Call(),
+				asm.Mov.Reg(asm.R1, asm.R7), asm.FnSkRelease.Call()), ret0Out)},
+		{name: "tail-call-after-release", typ: tc, maps: []string{"jmp"}, insns: prog(lookup(asm.FnSkLookupTcp),
+			ins(asm.JEq.Imm(asm.R0, 0, "next"), asm.Mov.Reg(asm.R1, asm.R0), asm.FnSkRelease.Call(),
+				asm.Mov.Reg(asm.R1, asm.R6).WithSymbol("next"), asm.LoadMapPtr(asm.R2, 0).WithReference("jmp"), asm.Mov.Imm(asm.R3, 0), asm.FnTailCall.Call()), ret0)},
+		{name: "ld-abs-holding-reference", typ: tc, rule: "ld-abs-with-reference", insns: prog(lookup(asm.FnSkLookupTcp),
+			ins(asm.JEq.Imm(asm.R0, 0, "out"), asm.Mov.Reg(asm.R7, asm.R0), asm.LoadAbs(12, asm.Half),
+				asm.Mov.Reg(asm.R1, asm.R7), asm.FnSkRelease.Call()), ret0Out)},
+		{name: "ld-ind-holding-reference", typ: tc, rule: "ld-abs-with-reference", insns: prog(lookup(asm.FnSkLookupTcp),
+			ins(asm.JEq.Imm(asm.R0, 0, "out"), asm.Mov.Reg(asm.R7, asm.R0), asm.Mov.Imm(asm.R8, 2), asm.LoadInd(asm.R0, asm.R8, 12, asm.Byte),
+				asm.Mov.Reg(asm.R1, asm.R7), asm.FnSkRelease.Call()), ret0Out)},
+		{name: "ld-abs-after-release", typ: tc, insns: prog(lookup(asm.FnSkLookupTcp),
+			ins(asm.JEq.Imm(asm.R0, 0, "next"), asm.Mov.Reg(asm.R1, asm.R0), asm.FnSkRelease.Call(),
+				asm.LoadAbs(12, asm.Half).WithSymbol("next")), ret0)},
+		{name: "access-after-release", typ: tc, rule: "use-after-release", insns: prog(lookup(asm.FnSkLookupTcp),
+			ins(asm.JEq.Imm(asm.R0, 0, "out"), asm.Mov.Reg(asm.R7, asm.R0), asm.Mov.Reg(asm.R1, asm.R7), asm.FnSkRelease.Call(),
+				asm.LoadMem(asm.R0, asm.R7, 4, asm.Word), asm.Return()), ret0Out)},
+		{name: "read-before-release", typ: tc, insns: prog(lookup(asm.FnSkLookupTcp),
+			ins(asm.JEq.Imm(asm.R0, 0, "out"), asm.Mov.Reg(asm.R7, asm.R0), asm.LoadMem(asm.R8, asm.R7, 4, asm.Word),
+				asm.Mov.Reg(asm.R1, asm.R7), asm.FnSkRelease.Call()), ret0Out)},
+		{name: "pointer-arithmetic-on-socket", typ: tc, rule: "pointer-arithmetic-on-socket", insns: prog(lookup(asm.FnSkLookupTcp),
+			ins(asm.JEq.Imm(asm.R0, 0, "out"), asm.Mov.Reg(asm.R7, asm.R0), asm.Add.Imm(asm.R7, 4),
+				asm.Mov.Reg(asm.R1, asm.R0), asm.FnSkRelease.Call()), ret0Out)},
+		{name: "write-into-socket", typ: tc, rule: "socket-write", insns: prog(lookup(asm.FnSkLookupTcp),
+			ins(asm.JEq.Imm(asm.R0, 0, "out"), asm.StoreImm(asm.R0, 16, 1, asm.Word),
+				asm.Mov.Reg(asm.R1, asm.R0), asm.FnSkRelease.Call()), ret0Out)},
+		{name: "wrong-size-socket-field-read", typ: tc, rule: "socket-field-access", insns: prog(lookup(asm.FnSkLookupTcp),
+			ins(asm.JEq.Imm(asm.R0, 0, "out"), asm.Mov.Reg(asm.R7, asm.R0), asm.LoadMem(asm.R8, asm.R7, 16, asm.Half),
+				asm.Mov.Reg(asm.R1, asm.R7), asm.FnSkRelease.Call()), ret0Out)},
+		{name: "narrow-socket-field-reads", typ: tc, insns: prog(lookup(asm.FnSkLookupTcp),
+			ins(asm.JEq.Imm(asm.R0, 0, "out"), asm.Mov.Reg(asm.R7, asm.R0),
+				asm.LoadMem(asm.R8, asm.R7, 4, asm.Byte), asm.LoadMem(asm.R8, asm.R7, 48, asm.Half), asm.LoadMem(asm.R8, asm.R7, 49, asm.Byte),
+				asm.LoadMem(asm.R8, asm.R7, 24, asm.Half), asm.LoadMem(asm.R8, asm.R7, 72, asm.Byte), asm.LoadMem(asm.R8, asm.R7, 48, asm.Word),
+				asm.Mov.Reg(asm.R1, asm.R7), asm.FnSkRelease.Call()), ret0Out)},
+		{name: "socket-field-past-end", typ: tc, rule: "socket-field-access", insns: prog(lookup(asm.FnSkLookupTcp),
+			ins(asm.JEq.Imm(asm.R0, 0, "out"), asm.Mov.Reg(asm.R7, asm.R0), asm.LoadMem(asm.R8, asm.R7, 80, asm.Word),
+				asm.Mov.Reg(asm.R1, asm.R7), asm.FnSkRelease.Call()), ret0Out)},
+		{name: "sock-common-needs-fullsock", typ: tc, rule: "socket-field-access", insns: prog(lookup(asm.FnSkcLookupTcp),
+			ins(asm.JEq.Imm(asm.R0, 0, "out"), asm.Mov.Reg(asm.R7, asm.R0), asm.LoadMem(asm.R8, asm.R7, 12, asm.Word),
+				asm.Mov.Reg(asm.R1, asm.R7), asm.FnSkRelease.Call()), ret0Out)},
+		{name: "spilled-reference-leaked", typ: tc, rule: "unreleased-reference", insns: prog(lookup(asm.FnSkLookupTcp),
+			ins(asm.StoreMem(asm.RFP, -24, asm.R0, asm.DWord), asm.Mov.Imm(asm.R0, 0), asm.LoadMem(asm.R1, asm.RFP, -24, asm.DWord),
+				asm.JEq.Imm(asm.R1, 0, "out")), ret0Out)},
+		{name: "spilled-reference-released", typ: tc, insns: prog(lookup(asm.FnSkLookupTcp),
+			ins(asm.StoreMem(asm.RFP, -24, asm.R0, asm.DWord), asm.Mov.Imm(asm.R0, 0), asm.LoadMem(asm.R1, asm.RFP, -24, asm.DWord),
+				asm.JEq.Imm(asm.R1, 0, "out"), asm.FnSkRelease.Call()), ret0Out)},
+		{name: "spilled-copy-used-after-release", typ: tc, rule: "use-after-release", insns: prog(lookup(asm.FnSkLookupTcp),
+			ins(asm.JEq.Imm(asm.R0, 0, "out"), asm.StoreMem(asm.RFP, -24, asm.R0, asm.DWord), asm.Mov.Reg(asm.R1, asm.R0), asm.FnSkRelease.Call(),
+				asm.LoadMem(asm.R1, asm.RFP, -24, asm.DWord), asm.LoadMem(asm.R0, asm.R1, 4, asm.Word), asm.Return()), ret0Out)},
+		{name: "leak-in-subprogram", typ: tc, rule: "unreleased-reference", insns: append(prog(
+			ins(asm.Mov.Reg(asm.R1, asm.R6), asm.Call.Label("sub"), asm.Mov.Imm(asm.R0, 0), asm.Return())),
+			append(asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1).WithSymbol("sub")}, append(lookup(asm.FnSkLookupTcp)[:], ret0...)...)...)},
+		{name: "release-in-subprogram", typ: tc, insns: append(prog(lookup(asm.FnSkLookupTcp),
+			ins(asm.JEq.Imm(asm.R0, 0, "out"), asm.Mov.Reg(asm.R1, asm.R0), asm.Call.Label("rel")), ret0Out),
+			asm.FnSkRelease.Call().WithSymbol("rel"), asm.Mov.Imm(asm.R0, 0), asm.Return())},
+		{name: "acquire-in-subprogram-released-by-caller", typ: tc, insns: append(prog(
+			ins(asm.Mov.Reg(asm.R1, asm.R6), asm.Call.Label("get"), asm.JEq.Imm(asm.R0, 0, "out"), asm.Mov.Reg(asm.R1, asm.R0), asm.FnSkRelease.Call()), ret0Out),
+			append(asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1).WithSymbol("get")}, append(lookup(asm.FnSkLookupTcp)[:], asm.Return())...)...)},
+		{name: "tcp-sock-cast-shares-reference", typ: tc, insns: prog(lookup(asm.FnSkLookupTcp),
+			ins(asm.JEq.Imm(asm.R0, 0, "out"), asm.Mov.Reg(asm.R7, asm.R0), asm.Mov.Reg(asm.R1, asm.R0), asm.FnTcpSock.Call(),
+				asm.JEq.Imm(asm.R0, 0, "rel"), asm.LoadMem(asm.R8, asm.R0, 0, asm.Word),
+				asm.Mov.Reg(asm.R1, asm.R7).WithSymbol("rel"), asm.FnSkRelease.Call()), ret0Out)},
+		{name: "tcp-sock-used-after-release", typ: tc, rule: "use-after-release", insns: prog(lookup(asm.FnSkLookupTcp),
+			ins(asm.JEq.Imm(asm.R0, 0, "out"), asm.Mov.Reg(asm.R7, asm.R0), asm.Mov.Reg(asm.R1, asm.R0), asm.FnTcpSock.Call(),
+				asm.JEq.Imm(asm.R0, 0, "rel"), asm.Mov.Reg(asm.R8, asm.R0), asm.Mov.Reg(asm.R1, asm.R7), asm.FnSkRelease.Call(),
+				asm.LoadMem(asm.R0, asm.R8, 0, asm.Word), asm.Return(),
+				asm.Mov.Reg(asm.R1, asm.R7).WithSymbol("rel"), asm.FnSkRelease.Call()), ret0Out)},
+		{name: "ringbuf-reserve-submit", typ: tc, maps: []string{"rb"}, insns: prog(
+			ins(asm.LoadMapPtr(asm.R1, 0).WithReference("rb"), asm.Mov.Imm(asm.R2, 16), asm.Mov.Imm(asm.R3, 0), asm.FnRingbufReserve.Call(),
+				asm.JEq.Imm(asm.R0, 0, "out"), stDW(asm.R0, 8, 7), asm.Mov.Reg(asm.R1, asm.R0), asm.Mov.Imm(asm.R2, 0), asm.FnRingbufSubmit.Call()), ret0Out)},
+		{name: "ringbuf-reserve-leaked", typ: tc, maps: []string{"rb"}, rule: "unreleased-reference", insns: prog(
+			ins(asm.LoadMapPtr(asm.R1, 0).WithReference("rb"), asm.Mov.Imm(asm.R2, 16), asm.Mov.Imm(asm.R3, 0), asm.FnRingbufReserve.Call(),
+				asm.JEq.Imm(asm.R0, 0, "out"), stDW(asm.R0, 8, 7)), ret0Out)},
+		{name: "ringbuf-write-out-of-bounds", typ: tc, maps: []string{"rb"}, rule: "mem-bounds", insns: prog(
+			ins(asm.LoadMapPtr(asm.R1, 0).WithReference("rb"), asm.Mov.Imm(asm.R2, 16), asm.Mov.Imm(asm.R3, 0), asm.FnRingbufReserve.Call(),
+				asm.JEq.Imm(asm.R0, 0, "out"), stDW(asm.R0, 12, 7), asm.Mov.Reg(asm.R1, asm.R0), asm.Mov.Imm(asm.R2, 0), asm.FnRingbufDiscard.Call()), ret0Out)},
+		{name: "null-branch-drops-reference", typ: tc, insns: prog(lookup(asm.FnSkLookupTcp),
+			ins(asm.JNE.Imm(asm.R0, 0, "rel")), ret0, ins(asm.Mov.Reg(asm.R1, asm.R0).WithSymbol("rel"), asm.FnSkRelease.Call()), ret0)},
+		{name: "socket-returned-as-value", typ: tc, rule: "unreleased-reference", insns: prog(lookup(asm.FnSkLookupTcp), ins(asm.Return()))},
+	}
+}
+
+// kernelLoad loads the case into the kernel and returns the verifier's
+// error (nil when accepted).
+func kernelLoad(t *testing.T, c corpusCase, insns asm.Instructions) error {
+	t.Helper()
+	for _, name := range c.maps {
+		var spec *ebpf.MapSpec
+		switch name {
+		case "jmp":
+			spec = &ebpf.MapSpec{Type: ebpf.ProgramArray, KeySize: 4, ValueSize: 4, MaxEntries: 1}
+		case "rb":
+			spec = &ebpf.MapSpec{Type: ebpf.RingBuf, MaxEntries: 4096}
+		}
+		m, err := ebpf.NewMap(spec)
+		if err != nil {
+			t.Fatalf("create map %s: %v", name, err)
+		}
+		t.Cleanup(func() { m.Close() })
+		if err := insns.AssociateMap(name, m); err != nil {
+			t.Fatalf("associate %s: %v", name, err)
+		}
+	}
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "corpus", Type: c.typ, License: "GPL", Instructions: insns})
+	if err == nil {
+		p.Close()
+	}
+	return err
+}
+
+func TestCorpus(t *testing.T) {
+	for _, c := range corpus() {
+		t.Run(c.name, func(t *testing.T) {
+			insns := make(asm.Instructions, len(c.insns))
+			copy(insns, c.insns)
+			maps := map[string]*ebpf.MapSpec{
+				"jmp": {Name: "jmp", Type: ebpf.ProgramArray, KeySize: 4, ValueSize: 4, MaxEntries: 1},
+				"rb":  {Name: "rb", Type: ebpf.RingBuf, MaxEntries: 4096},
+			}
+			_, err := Verify(&ebpf.ProgramSpec{Name: c.name, Type: c.typ, Instructions: insns}, &Options{Maps: maps})
+			rej, isRej := IsRejection(err)
+			if err != nil && !isRej {
+				t.Fatalf("usage error: %v", err)
+			}
+			switch {
+			case c.rule == "" && err != nil:
+				t.Errorf("rejected, want accepted: %v", err)
+			case c.rule != "" && err == nil:
+				t.Errorf("accepted, want rejection %q", c.rule)
+			case c.rule != "" && rej.Rule != c.rule:
+				t.Errorf("rejected with rule %q, want %q: %v", rej.Rule, c.rule, err)
+			}
+			if err != nil {
+				t.Logf("verifier: %v", err)
+			}
+			kerr := kernelLoad(t, c, insns)
+			if (kerr == nil) != (c.rule == "") {
+				var ve *ebpf.VerifierError
+				msg := ""
+				if errors.As(kerr, &ve) {
+					msg = strings.Join(ve.Log[max(0, len(ve.Log)-4):], "\n")
+				}
+				t.Errorf("kernel disagrees with expected outcome (want accept=%v): %v\n%s", c.rule == "", kerr, msg)
+			}
+		})
+	}
+}
