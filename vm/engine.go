@@ -214,6 +214,15 @@ func (e *Engine) loadRaw(name string, typ ebpf.ProgramType, raw []byte) (*Progra
 			switch in.src {
 			case 1, 2:
 				// map references are fixed up by LoadProgram.
+			case 4:
+				// Function pointer (for bpf_loop): a pointer into the
+				// function region whose offset is the target slot.
+				t := int64(i) + 1 + int64(int32(in.imm))
+				if t < 0 || t >= int64(len(insns)) {
+					return nil, fmt.Errorf("program %s: insn %d: function pointer to %d out of range", name, i, t)
+				}
+				in.imm = int64(makePtr(funcRegion, uint32(t)))
+				in.src = 0
 			default:
 				return nil, fmt.Errorf("program %s: insn %d: lddw with src %d is not supported by the vm", name, i, in.src)
 			}

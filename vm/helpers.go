@@ -51,6 +51,7 @@ func builtinHelpers() map[int32]helperFn {
 		asm.FnSkAssign:            hSkAssign,
 		asm.FnGetSocketCookie:     hSocketCookie,
 		asm.FnMapLookupPercpuElem: hMapLookupPercpu,
+		asm.FnLoop:                hLoop,
 	}
 	out := make(map[int32]helperFn, len(h))
 	for k, v := range h {
@@ -752,4 +753,42 @@ func hSocketCookie(m *machine, a1, _, _, _, _ uint64) (uint64, error) {
 		return c.sk.Cookie, nil
 	}
 	return 0, nil
+}
+
+// hLoop is bpf_loop(nr_loops, callback, ctx, flags): it calls the callback
+// in a new frame with (index, ctx) until it returns non-zero.
+func hLoop(m *machine, a1, a2, a3, a4, _ uint64) (uint64, error) {
+	if a4 != 0 {
+		return negErrno(unix.EINVAL), nil
+	}
+	if a1 > 1<<23 {
+		return negErrno(unix.E2BIG), nil
+	}
+	rg, off, ok := m.regionOf(a2)
+	if !ok || rg.kind != RegionFunc {
+		return 0, errf("bpf_loop callback %#x is not a function pointer", a2)
+	}
+	prog := m.cur
+	if int(off) >= len(prog.insns) {
+		return 0, errf("bpf_loop callback at %d is outside the program", off)
+	}
+	if len(m.frames)+1 >= MaxCallDepth {
+		return 0, errf("bpf_loop: call depth exceeds %d frames", MaxCallDepth)
+	}
+	m.frames = append(m.frames, frame{prog: prog})
+	base := len(m.frames)
+	defer func() { m.frames = m.frames[:base-1] }()
+	var i uint64
+	for i = 0; i < a1; i++ {
+		r0, err := m.execAt(prog, int(off), [5]uint64{i, a3}, base)
+		if err != nil {
+			return 0, err
+		}
+		if r0 != 0 {
+			i++
+			break
+		}
+	}
+	m.cur = prog
+	return i, nil
 }

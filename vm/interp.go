@@ -64,8 +64,11 @@ type machine struct {
 	ctxPtr  uint64
 	cpu     int
 	budget  uint64
+	left    uint64
 	used    uint64
-	tails   int
+	// cur is the program running when a helper is called.
+	cur   *Program
+	tails int
 	// run holds the per-run state of contexts and helpers.
 	run *runState
 	// r2 is the initial r2 of the next run (the memory length for RunMem).
@@ -77,6 +80,7 @@ func newMachine(e *Engine) *machine {
 	for i := range m.stacks {
 		m.regions = append(m.regions, region{data: m.stacks[i][:], kind: RegionStack})
 	}
+	m.regions = append(m.regions, region{kind: RegionFunc})
 	m.nStatic = len(m.regions)
 	return m
 }
@@ -93,6 +97,9 @@ func (m *machine) reset() {
 	m.tails = 0
 	m.used = 0
 }
+
+// funcRegion is the region index function pointers point into.
+const funcRegion = MaxCallDepth
 
 // fault wraps err as a Fault naming instruction pc of p.
 func (p *Program) fault(pc int, err error) error {
@@ -117,19 +124,25 @@ func (p *Program) insnString(pc int) string {
 // exec runs p from instruction 0 with r1 = arg until the outermost exit,
 // and returns r0.
 func (m *machine) exec(p *Program, arg uint64) (uint64, error) {
+	if m.budget == 0 {
+		m.budget = DefaultBudget
+	}
+	m.left = m.budget
+	defer func() { m.used = m.budget - m.left }()
+	return m.execAt(p, 0, [5]uint64{arg, m.r2}, 0)
+}
+
+// execAt runs p from pc with r1..r5 = args in frame base, until the exit
+// that leaves frame base. It is re-entered by helpers that call back into
+// the program (bpf_loop).
+func (m *machine) execAt(p *Program, pc int, args [5]uint64, base int) (uint64, error) {
 	var r [11]uint64
-	r[1] = arg
-	r[2] = m.r2
-	r[10] = makePtr(0, StackSize)
+	copy(r[1:6], args[:])
+	r[10] = makePtr(base, StackSize)
 	prog := p
 	insns := p.insns
-	pc := 0
-	budget := m.budget
-	if budget == 0 {
-		budget = DefaultBudget
-	}
-	start := budget
-	defer func() { m.used = start - budget }()
+	budget := m.left
+	defer func() { m.left = budget }()
 	for {
 		if budget == 0 {
 			return 0, prog.fault(pc, ErrBudget)
@@ -539,7 +552,9 @@ func (m *machine) exec(p *Program, arg uint64) (uint64, error) {
 					return 0, prog.fault(pc-1, errf("callx to %#x: not a known helper", r[in.dst]))
 				}
 			}
+			m.left, m.cur = budget, prog
 			v, err := h(m, r[1], r[2], r[3], r[4], r[5])
+			budget = m.left
 			if err != nil {
 				var ex *Exit
 				var tc *tailCall
@@ -560,7 +575,7 @@ func (m *machine) exec(p *Program, arg uint64) (uint64, error) {
 			// poison them so a program relying on them differs visibly.
 			r[1], r[2], r[3], r[4], r[5] = 0, 0, 0, 0, 0
 		case opExit:
-			if len(m.frames) == 0 {
+			if len(m.frames) == base {
 				return r[0], nil
 			}
 			f := m.frames[len(m.frames)-1]

@@ -32,6 +32,7 @@ const (
 	RegionRingbuf
 	RegionMemory
 	RegionPacketMeta
+	RegionFunc
 )
 
 func (k RegionKind) String() string {
@@ -54,6 +55,8 @@ func (k RegionKind) String() string {
 		return "memory"
 	case RegionPacketMeta:
 		return "packet metadata"
+	case RegionFunc:
+		return "function"
 	}
 	return "unknown region"
 }

@@ -1,0 +1,123 @@
+package vm
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sort"
+
+	"github.com/cilium/ebpf"
+)
+
+// LoadCollection builds an engine from a collection spec (as returned by
+// ebpf.LoadCollectionSpec): every map, including .data/.rodata/.bss as
+// single-entry arrays, and every program, with map references, global
+// data and bpf-to-bpf calls resolved. Prog arrays named in the spec's
+// contents are filled. Any helper the vm does not implement is an error
+// naming it and the program.
+func LoadCollection(spec *ebpf.CollectionSpec, opts Options) (*Engine, error) {
+	if spec == nil {
+		return nil, fmt.Errorf("load collection: nil spec")
+	}
+	e := New(opts)
+	mapNames := make([]string, 0, len(spec.Maps))
+	for n := range spec.Maps {
+		mapNames = append(mapNames, n)
+	}
+	sort.Strings(mapNames)
+	for _, n := range mapNames {
+		ms := spec.Maps[n].Copy()
+		if ms.Name == "" || ms.Name != n {
+			ms.Name = n
+		}
+		if _, err := e.AddMap(ms); err != nil {
+			return nil, fmt.Errorf("load collection: %w", err)
+		}
+	}
+	progNames := make([]string, 0, len(spec.Programs))
+	for n := range spec.Programs {
+		progNames = append(progNames, n)
+	}
+	sort.Strings(progNames)
+	for _, n := range progNames {
+		ps := spec.Programs[n]
+		if _, err := e.LoadProgram(n, ps.Type, ps.Instructions); err != nil {
+			return nil, fmt.Errorf("load collection: %w", err)
+		}
+	}
+	for _, n := range mapNames {
+		ms := spec.Maps[n]
+		if ms.Type != ebpf.ProgramArray {
+			continue
+		}
+		m := e.maps[n]
+		for _, kv := range ms.Contents {
+			idx, ok := toUint32(kv.Key)
+			if !ok {
+				return nil, fmt.Errorf("load collection: prog array %s: key %v is not an index", n, kv.Key)
+			}
+			name, ok := kv.Value.(string)
+			if !ok {
+				return nil, fmt.Errorf("load collection: prog array %s: value %v is not a program name", n, kv.Value)
+			}
+			p, err := e.Program(name)
+			if err != nil {
+				return nil, fmt.Errorf("load collection: prog array %s: %w", n, err)
+			}
+			if err := m.SetProgram(idx, p); err != nil {
+				return nil, fmt.Errorf("load collection: %w", err)
+			}
+		}
+	}
+	return e, nil
+}
+
+func toUint32(v any) (uint32, bool) {
+	switch x := v.(type) {
+	case uint32:
+		return x, true
+	case int:
+		return uint32(x), x >= 0
+	case int32:
+		return uint32(x), x >= 0
+	case uint64:
+		return uint32(x), x <= 0xffffffff
+	case []byte:
+		if len(x) == 4 {
+			return binary.LittleEndian.Uint32(x), true
+		}
+	}
+	return 0, false
+}
+
+// LoadFile reads an ELF object with cilium/ebpf and loads it.
+func LoadFile(path string, opts Options) (*Engine, error) {
+	spec, err := ebpf.LoadCollectionSpec(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return LoadCollection(spec, opts)
+}
+
+// PacketResult is the outcome of running a packet program.
+type PacketResult struct {
+	// Return is the program's return value.
+	Return uint32
+	// Packet is the packet after the run.
+	Packet []byte
+	// Redirect is set when a redirect helper was called.
+	Redirect *Redirect
+}
+
+// RunPacket runs p on one Ethernet frame with the context its type
+// needs: XDP, sched_cls/sched_act or socket filter.
+func (p *Program) RunPacket(frame []byte) (PacketResult, error) {
+	switch p.Type {
+	case ebpf.XDP:
+		r, err := p.RunXDP(XDPInput{Packet: frame, IngressIfindex: 1})
+		return PacketResult{Return: r.Action, Packet: r.Packet, Redirect: r.Redirect}, err
+	case ebpf.SchedCLS, ebpf.SchedACT, ebpf.SocketFilter:
+		r, err := p.RunSKB(SKBInput{Packet: frame, Ifindex: 1})
+		return PacketResult{Return: r.Return, Packet: r.Packet, Redirect: r.Redirect}, err
+	}
+	return PacketResult{}, fmt.Errorf("%s: %w: %s takes no packet", p.Name, ErrNoContext, p.Type)
+}

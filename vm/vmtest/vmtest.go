@@ -1,0 +1,276 @@
+// Package vmtest compares the vm with the kernel: the same collection is
+// loaded into both, the same packets are run through BPF_PROG_TEST_RUN and
+// through the vm, and return values, output packets and map contents must
+// match after every packet. It needs root (CAP_BPF) for the kernel side.
+package vmtest
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"reflect"
+	"sort"
+	"testing"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/sockgate/sockgate/vm"
+)
+
+// Options tune Compare.
+type Options struct {
+	// Setup runs after both sides are loaded and before any packet, to
+	// fill maps (prog arrays, rules) the same way on both.
+	Setup func(k *ebpf.Collection, e *vm.Engine) error
+	// IgnoreMaps are maps not compared (e.g. ones holding timestamps).
+	IgnoreMaps []string
+	// IgnorePacket skips the output packet comparison.
+	IgnorePacket bool
+}
+
+// Pair is a collection loaded into the kernel and into the vm.
+type Pair struct {
+	Kernel *ebpf.Collection
+	VM     *vm.Engine
+	opts   Options
+}
+
+// Load loads spec into the kernel and into the vm, and runs opts.Setup.
+func Load(tb testing.TB, spec *ebpf.CollectionSpec, opts Options) *Pair {
+	tb.Helper()
+	coll, err := ebpf.NewCollection(spec.Copy())
+	if err != nil {
+		tb.Fatalf("kernel load: %v", err)
+	}
+	tb.Cleanup(func() { coll.Close() })
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		tb.Fatalf("possible CPUs: %v", err)
+	}
+	e, err := vm.LoadCollection(spec.Copy(), vm.Options{CPUs: cpus})
+	if err != nil {
+		tb.Fatalf("vm load: %v", err)
+	}
+	p := &Pair{Kernel: coll, VM: e, opts: opts}
+	if opts.Setup != nil {
+		if err := opts.Setup(coll, e); err != nil {
+			tb.Fatalf("setup: %v", err)
+		}
+	}
+	return p
+}
+
+// Compare runs each frame through prog on both sides and fails tb on the
+// first difference in return value, output packet or map contents.
+func Compare(tb testing.TB, spec *ebpf.CollectionSpec, prog string, frames [][]byte, opts Options) *Pair {
+	tb.Helper()
+	p := Load(tb, spec, opts)
+	compared := 0
+	for i, f := range frames {
+		err := p.CompareOne(prog, f)
+		if errors.Is(err, ErrKernelRejected) {
+			tb.Logf("frame %d: %v", i, err)
+			continue
+		}
+		compared++
+		if err != nil {
+			tb.Fatalf("frame %d (%x): %v", i, f, err)
+		}
+	}
+	if compared == 0 && len(frames) > 0 {
+		tb.Fatalf("the kernel rejected every frame; nothing was compared")
+	}
+	return p
+}
+
+// ErrKernelRejected is returned by CompareOne when BPF_PROG_TEST_RUN
+// refuses the input itself.
+var ErrKernelRejected = errors.New("kernel rejected the test input")
+
+// CompareOne runs one frame on both sides and returns the first
+// difference as an error.
+func (p *Pair) CompareOne(prog string, frame []byte) error {
+	kp := p.Kernel.Programs[prog]
+	if kp == nil {
+		return fmt.Errorf("kernel: no program %q", prog)
+	}
+	opts := &ebpf.RunOptions{Data: frame, DataOut: make([]byte, len(frame)+4096)}
+	ret, err := kp.Run(opts)
+	if err != nil {
+		// BPF_PROG_TEST_RUN validates its input (for example the
+		// minimum skb size for an ethertype); a rejected input says
+		// nothing about the program, so there is nothing to compare.
+		return fmt.Errorf("%w: %v", ErrKernelRejected, err)
+	}
+	vp, err := p.VM.Program(prog)
+	if err != nil {
+		return err
+	}
+	res, err := vp.RunPacket(frame)
+	if err != nil {
+		return fmt.Errorf("vm run: %w (kernel returned %d)", err, ret)
+	}
+	if ret != res.Return {
+		return fmt.Errorf("return value: kernel %d, vm %d", ret, res.Return)
+	}
+	kout, vout := opts.DataOut, res.Packet
+	if kp.Type() == ebpf.SocketFilter && len(kout) >= 14 && len(vout) >= 14 {
+		// The kernel hands a socket filter the skb from the network
+		// header and writes the Ethernet header back zeroed.
+		kout, vout = kout[14:], vout[14:]
+	}
+	if !p.opts.IgnorePacket && !bytes.Equal(kout, vout) {
+		return fmt.Errorf("output packet:\nkernel %x\nvm     %x", opts.DataOut, res.Packet)
+	}
+	return p.CompareMaps()
+}
+
+// CompareMaps compares the contents of every map both sides have, except
+// prog arrays, ring buffers, sockmaps and ignored maps. Per-CPU values are
+// compared as the sum over CPUs of each 64-bit word (the kernel runs a
+// test on whatever CPU the thread is on).
+func (p *Pair) CompareMaps() error {
+	ignore := map[string]bool{}
+	for _, n := range p.opts.IgnoreMaps {
+		ignore[n] = true
+	}
+	for _, name := range p.VM.MapNames() {
+		if ignore[name] {
+			continue
+		}
+		vmap, _ := p.VM.Map(name)
+		kmap := p.Kernel.Maps[name]
+		if kmap == nil {
+			continue
+		}
+		switch vmap.Type {
+		case ebpf.ProgramArray, ebpf.RingBuf, ebpf.SockMap, ebpf.SockHash:
+			continue
+		}
+		kc, err := kernelContents(kmap)
+		if err != nil {
+			return fmt.Errorf("map %s: %w", name, err)
+		}
+		vc := map[string]string{}
+		for _, k := range vmap.Keys() {
+			v, err := vmap.Lookup(k)
+			if err != nil {
+				return fmt.Errorf("map %s: vm lookup: %w", name, err)
+			}
+			vc[hex.EncodeToString(k)] = canon(v, vmap)
+		}
+		if perCPU(vmap.Type) {
+			for k, v := range kc {
+				kc[k] = sumWords(v, int(vmap.ValueSize))
+			}
+			for k, v := range vc {
+				vc[k] = sumWords(v, int(vmap.ValueSize))
+			}
+		}
+		if d := diff(kc, vc); d != "" {
+			return fmt.Errorf("map %s differs:\n%s", name, d)
+		}
+	}
+	return nil
+}
+
+func perCPU(t ebpf.MapType) bool {
+	return t == ebpf.PerCPUArray || t == ebpf.PerCPUHash || t == ebpf.LRUCPUHash
+}
+
+func canon(v []byte, m *vm.Map) string { return hex.EncodeToString(v) }
+
+// sumWords adds the per-CPU values of a hex string word by word.
+func sumWords(h string, size int) string {
+	b, _ := hex.DecodeString(h)
+	if size == 0 || size%8 != 0 {
+		return h
+	}
+	sum := make([]uint64, size/8)
+	for off := 0; off+size <= len(b); off += size {
+		for w := range sum {
+			sum[w] += binary.LittleEndian.Uint64(b[off+w*8:])
+		}
+	}
+	out := make([]byte, 0, size)
+	for _, s := range sum {
+		out = binary.LittleEndian.AppendUint64(out, s)
+	}
+	return hex.EncodeToString(out)
+}
+
+func kernelContents(m *ebpf.Map) (map[string]string, error) {
+	out := map[string]string{}
+	info, err := m.Info()
+	if err != nil {
+		return nil, err
+	}
+	vs := int(info.ValueSize)
+	if perCPU(m.Type()) {
+		n, err := ebpf.PossibleCPU()
+		if err != nil {
+			return nil, err
+		}
+		vs = ((vs + 7) &^ 7) * n
+	}
+	_ = vs
+	if perCPU(m.Type()) {
+		if info.ValueSize%8 != 0 {
+			return nil, fmt.Errorf("per-CPU values of %d bytes are not compared", info.ValueSize)
+		}
+		elem := reflect.ArrayOf(int(info.ValueSize/8), reflect.TypeOf(uint64(0)))
+		k := make([]byte, info.KeySize)
+		it := m.Iterate()
+		vals := reflect.New(reflect.SliceOf(elem))
+		for it.Next(&k, vals.Interface()) {
+			var b []byte
+			sl := vals.Elem()
+			for c := 0; c < sl.Len(); c++ {
+				arr := sl.Index(c)
+				for w := 0; w < arr.Len(); w++ {
+					b = binary.LittleEndian.AppendUint64(b, arr.Index(w).Uint())
+				}
+			}
+			out[hex.EncodeToString(k)] = hex.EncodeToString(b)
+		}
+		return out, it.Err()
+	}
+	k := make([]byte, info.KeySize)
+	v := make([]byte, info.ValueSize)
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		out[hex.EncodeToString(k)] = hex.EncodeToString(v)
+	}
+	return out, it.Err()
+}
+
+func diff(k, v map[string]string) string {
+	var keys []string
+	seen := map[string]bool{}
+	for x := range k {
+		keys = append(keys, x)
+		seen[x] = true
+	}
+	for x := range v {
+		if !seen[x] {
+			keys = append(keys, x)
+		}
+	}
+	sort.Strings(keys)
+	var b bytes.Buffer
+	for _, x := range keys {
+		kv, kok := k[x]
+		vv, vok := v[x]
+		switch {
+		case !kok:
+			fmt.Fprintf(&b, "  key %s: only in vm (%s)\n", x, vv)
+		case !vok:
+			fmt.Fprintf(&b, "  key %s: only in kernel (%s)\n", x, kv)
+		case kv != vv:
+			fmt.Fprintf(&b, "  key %s: kernel %s, vm %s\n", x, kv, vv)
+		}
+	}
+	return b.String()
+}
