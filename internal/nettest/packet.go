@@ -120,20 +120,34 @@ func (p *Packet) Truncate(n int) *Packet {
 
 // Build encodes the packet.
 func (p *Packet) Build() ([]byte, error) {
+	b, _, err := p.build()
+	return b, err
+}
+
+// build encodes the packet and also returns where each layer starts in
+// the untruncated frame; starts[len(p.layers)] is where the payload starts.
+func (p *Packet) build() ([]byte, []int, error) {
 	if p.err != nil {
-		return nil, p.err
+		return nil, nil, p.err
 	}
 	b := append([]byte(nil), p.payload...)
+	sizes := make([]int, len(p.layers)+1) // bytes from layer i to the end
+	sizes[len(p.layers)] = len(b)
 	for i := len(p.layers) - 1; i >= 0; i-- {
 		var err error
 		if b, err = p.layers[i].encode(p.layers, i, b); err != nil {
-			return nil, fmt.Errorf("nettest: packet: layer %d: %w", i, err)
+			return nil, nil, fmt.Errorf("nettest: packet: layer %d: %w", i, err)
 		}
+		sizes[i] = len(b)
+	}
+	starts := make([]int, len(sizes))
+	for i, n := range sizes {
+		starts[i] = len(b) - n
 	}
 	if p.trunc >= 0 && p.trunc < len(b) {
 		b = b[:p.trunc]
 	}
-	return b, nil
+	return b, starts, nil
 }
 
 // Bytes encodes the packet and panics if it is malformed (a mistake in the
