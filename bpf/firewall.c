@@ -145,6 +145,16 @@ struct {
 	__type(value, __u32);
 } fw_chain SEC(".maps");
 
+/* Management prefixes the operator can't be locked out of (src fields of
+ * struct fw_rule). Only the control plane reads it: rule changes that would
+ * cut these are refused unless forced. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 16);
+	__type(key, __u32);
+	__type(value, struct fw_rule);
+} fw_management SEC(".maps");
+
 /* Per generation. max_entries are set by the control plane to fit. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

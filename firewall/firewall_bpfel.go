@@ -98,6 +98,7 @@ const (
 	firewallMapFwCounters        = "fw_counters"
 	firewallMapFwExact           = "fw_exact"
 	firewallMapFwHits            = "fw_hits"
+	firewallMapFwManagement      = "fw_management"
 	firewallMapFwPorts           = "fw_ports"
 	firewallMapFwPrefix          = "fw_prefix"
 	firewallMapFwRules           = "fw_rules"
@@ -155,14 +156,15 @@ type firewallProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type firewallMapSpecs struct {
-	FwChain    *ebpf.MapSpec `ebpf:"fw_chain"`
-	FwCounters *ebpf.MapSpec `ebpf:"fw_counters"`
-	FwExact    *ebpf.MapSpec `ebpf:"fw_exact"`
-	FwHits     *ebpf.MapSpec `ebpf:"fw_hits"`
-	FwPorts    *ebpf.MapSpec `ebpf:"fw_ports"`
-	FwPrefix   *ebpf.MapSpec `ebpf:"fw_prefix"`
-	FwRules    *ebpf.MapSpec `ebpf:"fw_rules"`
-	FwSettings *ebpf.MapSpec `ebpf:"fw_settings"`
+	FwChain      *ebpf.MapSpec `ebpf:"fw_chain"`
+	FwCounters   *ebpf.MapSpec `ebpf:"fw_counters"`
+	FwExact      *ebpf.MapSpec `ebpf:"fw_exact"`
+	FwHits       *ebpf.MapSpec `ebpf:"fw_hits"`
+	FwManagement *ebpf.MapSpec `ebpf:"fw_management"`
+	FwPorts      *ebpf.MapSpec `ebpf:"fw_ports"`
+	FwPrefix     *ebpf.MapSpec `ebpf:"fw_prefix"`
+	FwRules      *ebpf.MapSpec `ebpf:"fw_rules"`
+	FwSettings   *ebpf.MapSpec `ebpf:"fw_settings"`
 }
 
 // firewallVariableSpecs contains global variables before they are loaded into the kernel.
@@ -192,14 +194,15 @@ func (o *firewallObjects) Close() error {
 //
 // It can be passed to loadFirewallObjects or ebpf.CollectionSpec.LoadAndAssign.
 type firewallMaps struct {
-	FwChain    *ebpf.Map `ebpf:"fw_chain"`
-	FwCounters *ebpf.Map `ebpf:"fw_counters"`
-	FwExact    *ebpf.Map `ebpf:"fw_exact"`
-	FwHits     *ebpf.Map `ebpf:"fw_hits"`
-	FwPorts    *ebpf.Map `ebpf:"fw_ports"`
-	FwPrefix   *ebpf.Map `ebpf:"fw_prefix"`
-	FwRules    *ebpf.Map `ebpf:"fw_rules"`
-	FwSettings *ebpf.Map `ebpf:"fw_settings"`
+	FwChain      *ebpf.Map `ebpf:"fw_chain"`
+	FwCounters   *ebpf.Map `ebpf:"fw_counters"`
+	FwExact      *ebpf.Map `ebpf:"fw_exact"`
+	FwHits       *ebpf.Map `ebpf:"fw_hits"`
+	FwManagement *ebpf.Map `ebpf:"fw_management"`
+	FwPorts      *ebpf.Map `ebpf:"fw_ports"`
+	FwPrefix     *ebpf.Map `ebpf:"fw_prefix"`
+	FwRules      *ebpf.Map `ebpf:"fw_rules"`
+	FwSettings   *ebpf.Map `ebpf:"fw_settings"`
 }
 
 func (m *firewallMaps) Close() error {
@@ -208,6 +211,7 @@ func (m *firewallMaps) Close() error {
 		m.FwCounters,
 		m.FwExact,
 		m.FwHits,
+		m.FwManagement,
 		m.FwPorts,
 		m.FwPrefix,
 		m.FwRules,

@@ -67,6 +67,8 @@ struct packet {
 	__u8 icmp_code;
 	__u16 l3_off;		/* offset of the IP header from data */
 	__u16 l4_off;		/* offset of the transport header from data */
+	__u32 frag_id;		/* host order: IPv4 ID or IPv6 fragment identification,
+				 * set when PKT_FRAGMENT is */
 };
 
 #define PKT_AF_INET	2
@@ -147,6 +149,8 @@ static __always_inline int parse_ipv4(void *data, void *pos, void *data_end,
 		pkt->flags |= PKT_FRAGMENT;
 	if (frag & IPV4_FRAG_OFFSET_MASK)
 		pkt->flags |= PKT_NONFIRST;
+	if (pkt->flags & PKT_FRAGMENT)
+		pkt->frag_id = bpf_ntohs(ip->id);
 
 	return parse_l4(data, pos + hdr_len, data_end, pkt);
 }
@@ -208,6 +212,7 @@ static __always_inline int parse_ipv6(void *data, void *pos, void *data_end,
 			if ((void *)(fh + 1) > data_end)
 				return PARSE_MALFORMED;
 			pkt->flags |= PKT_FRAGMENT;
+			pkt->frag_id = bpf_ntohl(fh->identification);
 			if (bpf_ntohs(fh->frag_off) & IPV6_FRAG_OFFSET_MASK)
 				pkt->flags |= PKT_NONFIRST;
 			len = sizeof(*fh);

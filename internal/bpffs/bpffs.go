@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -66,9 +67,21 @@ func NetnsInode() (uint64, error) {
 func Dir(netns uint64, c Capability, object string) string {
 	dir := filepath.Join(Root, strconv.FormatUint(netns, 10), string(c))
 	if object != "" {
-		dir = filepath.Join(dir, object)
+		dir = filepath.Join(dir, EscapeName(object))
 	}
 	return dir
+}
+
+// EscapeName makes a name usable in bpffs, which reserves dots (bpf_lookup
+// refuses any name containing one). Interface names such as eth0.100 have
+// dots but never colons, so dots become colons.
+func EscapeName(name string) string {
+	return strings.ReplaceAll(name, ".", ":")
+}
+
+// UnescapeName reverses EscapeName.
+func UnescapeName(name string) string {
+	return strings.ReplaceAll(name, ":", ".")
 }
 
 // EnsureMounted mounts the BPF filesystem at MountPoint when it is missing.

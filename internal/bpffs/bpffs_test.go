@@ -20,6 +20,7 @@ func TestDirLayout(t *testing.T) {
 		{4026531840, Firewall, "eth0", "/sys/fs/bpf/sockgate/4026531840/firewall/eth0"},
 		{7, Dispatch, "", "/sys/fs/bpf/sockgate/7/dispatch"},
 		{1, Guard, "veth-a", "/sys/fs/bpf/sockgate/1/guard/veth-a"},
+		{2, Firewall, "eth0.100", "/sys/fs/bpf/sockgate/2/firewall/eth0:100"},
 	} {
 		if got := Dir(tc.ino, tc.c, tc.object); got != tc.want {
 			t.Errorf("Dir(%d, %s, %q) = %q, want %q", tc.ino, tc.c, tc.object, got, tc.want)

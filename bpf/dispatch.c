@@ -1,0 +1,310 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * dispatch.c - sockgate's socket dispatcher: an sk_lookup program that
+ * steers new connections (TCP) and datagrams (UDP) to registered sockets by
+ * protocol, destination prefix, destination port and, optionally, ingress
+ * interface (Sitnicki, Bauer and Majkowski, LPC 2019).
+ *
+ * The control plane compiles bindings into one LPM trie keyed by
+ * (protocol, family, port, ifindex, address). A binding for all ports is
+ * stored with port 0; a port range is expanded to one entry per port, with
+ * the control plane resolving overlaps at the same prefix, so the program
+ * never scans. A lookup makes at most four trie lookups: {the port, all
+ * ports} x {the ingress interface, any interface}, and keeps the candidate
+ * with the highest priority, which the control plane computed from the
+ * documented precedence (longest prefix, then exact port, range, all ports,
+ * then interface-scoped over unscoped).
+ *
+ * The trie sits in a one-slot array of maps so that replacing the whole
+ * binding set is one pointer swap: a lookup sees the old set or the new one,
+ * never a mix and never an empty table.
+ *
+ * Verdicts: no binding matches -> SK_PASS without a selection, so the
+ * kernel's own lookup and other sk_lookup programs decide. A binding matches
+ * but its label has no socket -> SK_DROP (the connection is refused and
+ * counted as a miss), never a fall-through to some other socket.
+ */
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+
+#define AF_INET		2
+#define AF_INET6	10
+
+/* Errno values bpf_sk_assign returns (negated), from uapi asm-generic. */
+#define DP_EEXIST		17
+#define DP_EINVAL		22
+#define DP_EPROTOTYPE		91
+#define DP_ESOCKTNOSUPPORT	94
+#define DP_EAFNOSUPPORT		97
+
+/* Bits of dp_target.flags. */
+#define DP_F_NO_REUSEPORT	(1 << 0)	/* skip reuseport selection */
+#define DP_F_REPLACE		(1 << 1)	/* override an earlier program's pick */
+
+/* Bits of dp_key before the address: protocol, family, port, ifindex. */
+#define DP_KEY_FIXED_BITS	64
+#define DP_MAX_ENTRIES		(1 << 21)
+#define DP_MAX_LABELS		16384
+#define DP_MAX_BINDINGS		(1 << 20)
+#define DP_LABEL_MAX		256	/* 255 bytes and a NUL */
+
+/* Key of the binding trie. prefixlen counts the bits after itself. */
+struct dp_key {
+	__u32 prefixlen;
+	__u8 protocol;		/* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 family;		/* 4 or 6 */
+	__u16 port;		/* host order; 0 means all ports */
+	__u32 ifindex;		/* 0 means any interface */
+	__u8 addr[16];		/* IPv4 in the first 4 bytes */
+};
+
+/* What a trie entry resolves to. */
+struct dp_target {
+	__u32 label_id;
+	__u32 priority;		/* higher wins; computed by the control plane */
+	__u32 flags;		/* DP_F_* */
+};
+
+/* Key of the socket map: one socket per label, family and protocol. */
+struct dp_dest_key {
+	__u32 label_id;
+	__u8 family;		/* 4 or 6 */
+	__u8 protocol;
+	__u16 pad;
+};
+
+/* Buckets of bpf_sk_assign failures. */
+enum dp_error {
+	DP_ERR_EINVAL = 0,
+	DP_ERR_EEXIST,		/* an earlier program picked a socket */
+	DP_ERR_ESOCKTNOSUPPORT,
+	DP_ERR_EPROTOTYPE,
+	DP_ERR_EAFNOSUPPORT,
+	DP_ERR_OTHER,
+	DP_ERR_MAX,
+};
+
+/* Per-label counters; label 0 counts lookups that matched no binding. */
+struct dp_metrics {
+	__u64 lookups;
+	__u64 hits;
+	__u64 misses;
+	__u64 errors[DP_ERR_MAX];
+};
+
+/*
+ * Control-plane records, pinned with the program so that no daemon has to
+ * remember them: the bindings as the user wrote them, label names and ids,
+ * and the next label id (ids are never reused, so counters never mix).
+ */
+struct dp_binding {
+	__u8 protocol;
+	__u8 family;
+	__u8 prefixlen;		/* of the address, 0-32 or 0-128 */
+	__u8 pad;
+	__u16 port_lo;		/* 0 and 0 for all ports */
+	__u16 port_hi;
+	__u32 ifindex;
+	__u8 addr[16];
+};
+
+struct dp_binding_value {
+	__u32 label_id;
+	__u32 flags;
+};
+
+struct dp_label {
+	char name[DP_LABEL_MAX];
+};
+
+struct dp_state {
+	__u32 next_label_id;
+	__u32 layout;		/* map layout version, checked by upgrade */
+};
+
+/*
+ * A generation of the binding trie. The template is a real, empty map: it
+ * gives the inner map's types to BTF (an inner definition alone leaves
+ * them as forward declarations) and is the first generation on load.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, DP_MAX_ENTRIES);
+	__type(key, struct dp_key);
+	__type(value, struct dp_target);
+} dp_trie SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct {
+		__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+		__uint(map_flags, BPF_F_NO_PREALLOC);
+		__uint(max_entries, DP_MAX_ENTRIES);
+		__type(key, struct dp_key);
+		__type(value, struct dp_target);
+	});
+} dp_bindings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 4 * DP_MAX_LABELS);
+	__type(key, struct dp_dest_key);
+	__type(value, __u64);
+} dp_sockets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DP_MAX_LABELS);
+	__type(key, __u32);
+	__type(value, struct dp_metrics);
+} dp_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, DP_MAX_BINDINGS);
+	__type(key, struct dp_binding);
+	__type(value, struct dp_binding_value);
+} dp_specs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, DP_MAX_LABELS);
+	__type(key, struct dp_label);
+	__type(value, __u32);
+} dp_labels SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dp_state);
+} dp_meta SEC(".maps");
+
+/* Keep the candidate with the higher priority. */
+static __always_inline const struct dp_target *
+better(const struct dp_target *best, const struct dp_target *t)
+{
+	if (!t)
+		return best;
+	if (!best || t->priority > best->priority)
+		return t;
+	return best;
+}
+
+static __always_inline __u32 error_bucket(long err)
+{
+	switch (err) {
+	case -DP_EINVAL:
+		return DP_ERR_EINVAL;
+	case -DP_EEXIST:
+		return DP_ERR_EEXIST;
+	case -DP_ESOCKTNOSUPPORT:
+		return DP_ERR_ESOCKTNOSUPPORT;
+	case -DP_EPROTOTYPE:
+		return DP_ERR_EPROTOTYPE;
+	case -DP_EAFNOSUPPORT:
+		return DP_ERR_EAFNOSUPPORT;
+	}
+	return DP_ERR_OTHER;
+}
+
+SEC("sk_lookup")
+int dispatch(struct bpf_sk_lookup *ctx)
+{
+	const struct dp_target *best = NULL;
+	struct dp_dest_key dest = {};
+	struct dp_metrics *m;
+	struct dp_key key = {};
+	struct bpf_sock *sk;
+	__u32 zero = 0, label;
+	__u64 flags = 0;
+	void *trie;
+	long err;
+
+	if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
+		return SK_PASS;
+
+	key.protocol = ctx->protocol;
+	if (ctx->family == AF_INET) {
+		__u32 *a = (__u32 *)key.addr;
+
+		key.family = 4;
+		a[0] = ctx->local_ip4;
+	} else if (ctx->family == AF_INET6) {
+		__u32 *a = (__u32 *)key.addr;
+
+		key.family = 6;
+		a[0] = ctx->local_ip6[0];
+		a[1] = ctx->local_ip6[1];
+		a[2] = ctx->local_ip6[2];
+		a[3] = ctx->local_ip6[3];
+	} else {
+		return SK_PASS;
+	}
+	key.prefixlen = DP_KEY_FIXED_BITS + 128;
+
+	trie = bpf_map_lookup_elem(&dp_bindings, &zero);
+	if (!trie)
+		return SK_PASS;
+
+	if (ctx->ingress_ifindex) {
+		key.ifindex = ctx->ingress_ifindex;
+		key.port = ctx->local_port;
+		best = better(best, bpf_map_lookup_elem(trie, &key));
+		key.port = 0;
+		best = better(best, bpf_map_lookup_elem(trie, &key));
+		key.ifindex = 0;
+	}
+	key.port = ctx->local_port;
+	best = better(best, bpf_map_lookup_elem(trie, &key));
+	key.port = 0;
+	best = better(best, bpf_map_lookup_elem(trie, &key));
+
+	if (!best) {
+		m = bpf_map_lookup_elem(&dp_counters, &zero);
+		if (m)
+			m->lookups++;
+		return SK_PASS;
+	}
+
+	label = best->label_id;
+	if (best->flags & DP_F_NO_REUSEPORT)
+		flags |= BPF_SK_LOOKUP_F_NO_REUSEPORT;
+	if (best->flags & DP_F_REPLACE)
+		flags |= BPF_SK_LOOKUP_F_REPLACE;
+
+	m = bpf_map_lookup_elem(&dp_counters, &label);
+	if (m)
+		m->lookups++;
+
+	dest.label_id = label;
+	dest.family = key.family;
+	dest.protocol = key.protocol;
+	sk = bpf_map_lookup_elem(&dp_sockets, &dest);
+	if (!sk) {
+		if (m)
+			m->misses++;
+		return SK_DROP;
+	}
+
+	err = bpf_sk_assign(ctx, sk, flags);
+	bpf_sk_release(sk);
+	if (err) {
+		if (m)
+			m->errors[error_bucket(err)]++;
+		/* An earlier program's pick stands unless DP_F_REPLACE. */
+		return err == -DP_EEXIST ? SK_PASS : SK_DROP;
+	}
+	if (m)
+		m->hits++;
+	return SK_PASS;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
