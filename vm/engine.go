@@ -14,6 +14,8 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
+	"unicode"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -205,7 +207,7 @@ func (e *Engine) loadRaw(name string, typ ebpf.ProgramType, raw []byte) (*Progra
 		if in.op == opCall && in.src == 0 {
 			h, ok := e.helpers[int32(in.imm)]
 			if !ok {
-				return nil, fmt.Errorf("program %s: insn %d: helper %s (id %d) is not implemented by the vm", name, i, asm.BuiltinFunc(in.imm), in.imm)
+				return nil, fmt.Errorf("program %s: insn %d: helper %s (id %d) is not implemented by the vm", name, i, HelperName(asm.BuiltinFunc(in.imm)), in.imm)
 			}
 			in.aux = int32(len(p.helpers))
 			p.helpers = append(p.helpers, h)
@@ -278,4 +280,23 @@ func (m *machine) execArgs(p *Program, r1, r2 uint64) (uint64, error) {
 	m.r2 = r2
 	defer func() { m.r2 = 0 }()
 	return m.exec(p, r1)
+}
+
+// HelperName returns the kernel's name of a helper, like
+// "bpf_skb_load_bytes".
+func HelperName(fn asm.BuiltinFunc) string {
+	s := strings.TrimPrefix(fn.String(), "Fn")
+	if strings.HasPrefix(s, "BuiltinFunc(") {
+		return fmt.Sprintf("helper #%d", int32(fn))
+	}
+	var b strings.Builder
+	b.WriteString("bpf")
+	for _, r := range s {
+		if unicode.IsUpper(r) {
+			b.WriteByte('_')
+			r = unicode.ToLower(r)
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }

@@ -568,7 +568,7 @@ func (m *machine) execAt(p *Program, pc int, args [5]uint64, base int) (uint64, 
 					// r1 (the context) stays; the frame's stack is reused.
 					continue
 				}
-				return 0, prog.fault(pc-1, fmt.Errorf("%s: %w", asm.BuiltinFunc(hid), err))
+				return 0, prog.fault(pc-1, fmt.Errorf("%s: %w", HelperName(asm.BuiltinFunc(hid)), err))
 			}
 			r[0] = v
 			// Caller-saved registers are clobbered, as the verifier assumes;

@@ -102,11 +102,11 @@ func (m *machine) resolve(addr uint64, size int, write bool) ([]byte, error) {
 		if addr == 0 {
 			return nil, errf("null pointer dereference")
 		}
-		return nil, errf("access through %#x, which is not a pointer", addr)
+		return nil, errf("access through %#x is out of bounds of every region (not a pointer, or pointer arithmetic left its region)", addr)
 	}
 	idx := int(addr>>regionShift) & regionMask
 	if idx >= len(m.regions) {
-		return nil, errf("access through %#x: no such region", addr)
+		return nil, errf("access through %#x is out of bounds of every region (pointer arithmetic left its region)", addr)
 	}
 	rg := &m.regions[idx]
 	off := uint64(uint32(addr))
