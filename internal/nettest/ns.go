@@ -20,7 +20,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -58,6 +60,9 @@ type NS struct {
 func NewNS(tb testing.TB) *NS {
 	tb.Helper()
 	ns, err := newNS(tb)
+	if errors.Is(err, unix.EPERM) {
+		tb.Fatalf("nettest: new netns: %v (kernel tests run as root)", err)
+	}
 	if err != nil {
 		tb.Fatalf("nettest: new netns: %v", err)
 	}
@@ -68,6 +73,7 @@ func newNS(tb testing.TB) (*NS, error) {
 	if err := prepareNetnsDir(); err != nil {
 		return nil, err
 	}
+	reapOnce.Do(reapStale)
 	name, path, err := createMountPoint(tb.Name())
 	if err != nil {
 		return nil, err
@@ -161,12 +167,12 @@ func prepareNetnsDir() error {
 }
 
 // createMountPoint creates the empty file a namespace is bind-mounted on,
-// under a name derived from the test name plus a random suffix, so parallel
-// tests and processes never pick the same one.
+// named sg-<test name hash>-<pid>-<random>, so parallel tests and processes
+// never pick the same one and reapStale can tell whose it is.
 func createMountPoint(testName string) (name, path string, err error) {
 	h := fnv.New32a()
 	h.Write([]byte(testName))
-	prefix := fmt.Sprintf("sg-%06x-", h.Sum32()&0xffffff)
+	prefix := fmt.Sprintf("%s%06x-%d-", namePrefix, h.Sum32()&0xffffff, os.Getpid())
 	for range 16 {
 		name = prefix + randomHex(3)
 		path = filepath.Join(NetnsDir, name)
@@ -205,6 +211,38 @@ func mountNewNetns(path string) error {
 		errc <- nil
 	}()
 	return <-errc
+}
+
+// namePrefix starts the name of every namespace this package creates.
+const namePrefix = "sg-"
+
+var reapOnce sync.Once
+
+// reapStale removes namespaces left behind by test processes that were
+// killed before their cleanup ran (the pid in the name no longer exists),
+// so that aborted runs do not pile up mounts in /run/netns. Namespaces of
+// live processes are never touched. Failures are ignored: this is hygiene.
+func reapStale() {
+	entries, err := os.ReadDir(NetnsDir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		parts := strings.Split(e.Name(), "-")
+		if !strings.HasPrefix(e.Name(), namePrefix) || len(parts) != 4 {
+			continue
+		}
+		pid, err := strconv.Atoi(parts[2])
+		if err != nil || pid <= 0 || pid == os.Getpid() {
+			continue
+		}
+		if err := unix.Kill(pid, 0); !errors.Is(err, unix.ESRCH) {
+			continue // alive (or not ours to judge)
+		}
+		path := filepath.Join(NetnsDir, e.Name())
+		_ = unix.Unmount(path, unix.MNT_DETACH)
+		_ = os.Remove(path)
+	}
 }
 
 func randomHex(n int) string {

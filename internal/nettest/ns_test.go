@@ -211,3 +211,36 @@ func TestDoErrorsAndPanics(t *testing.T) {
 		t.Errorf("Do after panic: %v", err)
 	}
 }
+
+func TestReapStale(t *testing.T) {
+	// A process that has exited leaves a pid nobody uses (for a while).
+	cmd := osexec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	dead := cmd.Process.Pid
+	mk := func(pid int) string {
+		path := NetnsDir + "/" + namePrefix + "000000-" + strconv.Itoa(pid) + "-" + randomHex(2)
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		if err := mountNewNetns(path); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = unix.Unmount(path, unix.MNT_DETACH)
+			_ = os.Remove(path)
+		})
+		return path
+	}
+	stale, live := mk(dead), mk(1)
+	reapStale()
+	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stale %s survived (%v)", stale, err)
+	}
+	if _, err := os.Stat(live); err != nil {
+		t.Errorf("namespace of live pid 1 was reaped: %v", err)
+	}
+}

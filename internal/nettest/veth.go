@@ -36,8 +36,8 @@ type Link struct {
 // String returns "namespace/interface".
 func (l *Link) String() string { return l.NS.Name + "/" + l.Name }
 
-// pairSeq numbers the veth pairs of this process. Pair i gets the IPv4
-// subnet 198.18.0.0/15 + i*256 (/24) and the IPv6 subnet
+// pairSeq numbers the veth pairs of this process. Pair i (mod 512) gets
+// the IPv4 subnet 198.18.0.0/15 + i*256 (/24) and the IPv6 subnet
 // fd00:5067:0:i::/64. Each test's namespaces are private, so only pairs of
 // the same process could ever share a namespace and need distinct subnets.
 var pairSeq atomic.Uint32
@@ -60,10 +60,9 @@ func NewVethPair(tb testing.TB, a, b *NS) (*Link, *Link) {
 }
 
 func newVethPair(tb testing.TB, a, b *NS) (*Link, *Link, error) {
-	i := pairSeq.Add(1) - 1
-	if i >= maxPairs {
-		return nil, nil, fmt.Errorf("more than %d veth pairs in one process: 198.18.0.0/15 has no /24 left", maxPairs)
-	}
+	// Wrapping around after 512 pairs is safe unless a single test keeps
+	// 512 pairs in one namespace.
+	i := (pairSeq.Add(1) - 1) % maxPairs
 	p4 := netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18 + byte(i>>8), byte(i), 0}), 24)
 	p6 := netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0x00, 0x50, 0x67, 0, 0, byte(i >> 8), byte(i)}), 64)
 
