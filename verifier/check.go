@@ -20,6 +20,8 @@ type node struct {
 	branches int
 	done     bool
 	insn     int
+	hit      int
+	miss     int
 }
 
 // pathNode is a persistent list of the branch decisions of a path.
@@ -44,6 +46,7 @@ type verifier struct {
 	processed   int
 	peakStates  int
 	totalStates int
+	curStates   int
 	cache       [][]*node
 	nextID      uint32
 	queue       []pending
@@ -162,11 +165,25 @@ func (v *verifier) walk(i int) error {
 // checkCache prunes the path when a verified state at i covers it, rejects
 // a loop whose state repeats, and otherwise stores the state.
 func (v *verifier) checkCache(i int) (bool, error) {
-	for _, n := range v.cache[i] {
-		if !n.st.covers(v.cur) {
+	live := v.p.liveMasks(v.cur, i)
+	list := v.cache[i]
+	for k := 0; k < len(list); k++ {
+		n := list[k]
+		if !n.st.covers(v.cur, live) {
+			n.miss++
+			// Like the kernel, forget verified states that keep
+			// missing: dropping a cache entry only costs time.
+			if n.done && n.miss > n.hit*8+32 {
+				list[k] = list[len(list)-1]
+				list = list[:len(list)-1]
+				v.cache[i] = list
+				v.curStates--
+				k--
+			}
 			continue
 		}
 		if n.done {
+			n.hit++
 			return true, nil
 		}
 		for a := v.parent; a != nil; a = a.parent {
@@ -189,7 +206,8 @@ func (v *verifier) checkCache(i int) (bool, error) {
 	v.cache[i] = append(v.cache[i], n)
 	v.parent = n
 	v.totalStates++
-	v.peakStates = max(v.peakStates, v.totalStates)
+	v.curStates++
+	v.peakStates = max(v.peakStates, v.curStates)
 	return false, nil
 }
 
@@ -551,7 +569,10 @@ func (v *verifier) ptrALU(i int, ins asm.Instruction, aop asm.ALUOp, is64 bool, 
 		return reg{}, v.reject(i, "pointer-arithmetic", "32-bit arithmetic on pointer (%s) is prohibited", nonScalarType(dst, src))
 	}
 	if dst.typ != scalarT && src.typ != scalarT {
-		if aop == asm.Sub && dst.typ == src.typ && (dst.typ == ptrPacket || dst.typ == ptrPacketMeta || dst.typ == ptrStack || dst.typ == ptrMapValue) {
+		if aop == asm.Sub {
+			// The difference of two pointers is a number (the kernel
+			// allows it for privileged programs); nothing can be
+			// dereferenced through it.
 			return scalarReg(unknownScalar()), nil
 		}
 		return reg{}, v.reject(i, "pointer-arithmetic", "arithmetic between pointers %s and %s is prohibited", dst.typ, src.typ)
@@ -630,6 +651,12 @@ func (v *verifier) ld(i int, ins asm.Instruction) error {
 			return v.reject(i, "invalid-opcode", "invalid immediate load")
 		}
 		switch {
+		case ins.IsLoadFromMap() && ins.Src == asm.PseudoMapValue:
+			off := int64(uint64(ins.Constant) >> 32)
+			if off >= int64(v.p.maps[i].valueSize) {
+				return v.reject(i, "map-value-bounds", "direct value offset %d is outside map %s (value size %d)", off, v.p.maps[i].name, v.p.maps[i].valueSize)
+			}
+			return v.writeReg(i, ins.Dst, reg{typ: ptrMapValue, m: v.p.maps[i], off: off})
 		case ins.IsLoadFromMap():
 			return v.writeReg(i, ins.Dst, reg{typ: constPtrMap, m: v.p.maps[i]})
 		case ins.Src == 0:
@@ -816,6 +843,9 @@ func (v *verifier) access(i int, r asm.Register, base reg, off, size int64, writ
 		}
 		return v.ctxAccess(i, off, size, write)
 	case ptrMapValue:
+		if write && base.m.readOnly {
+			return reg{}, v.reject(i, "read-only-map", "write into read-only map %s", base.m.name)
+		}
 		lo := base.off + off + int64(base.val.umin)
 		hi := base.off + off + int64(base.val.umax) + size
 		if lo < 0 || hi > int64(base.m.valueSize) {

@@ -395,6 +395,9 @@ func (v *verifier) checkMem(i, a int, rn asm.Register, r reg, size int64, uninit
 		}
 		return nil
 	case ptrMapValue:
+		if uninit && r.m.readOnly {
+			return fail("map %s is read-only", r.m.name)
+		}
 		lo := r.off + int64(r.val.umin)
 		hi := r.off + int64(r.val.umax) + size
 		if lo < 0 || hi > int64(r.m.valueSize) {

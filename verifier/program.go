@@ -36,6 +36,9 @@ type program struct {
 	backEdges map[int]int
 	// pruneAt marks instructions where states are cached: jump targets.
 	pruneAt []bool
+	// liveIn is the set of registers (bit per register) that may be read
+	// before being written, from each instruction on.
+	liveIn []uint16
 }
 
 // rejectAt builds a rejection for instruction index i.
@@ -143,16 +146,17 @@ func newProgram(spec *ebpf.ProgramSpec, typ ebpf.ProgramType, maps map[string]*e
 	if err := p.checkCFG(); err != nil {
 		return nil, err
 	}
+	p.computeLiveness()
 	return p, nil
 }
 
 func resolveMap(ins asm.Instruction, maps map[string]*ebpf.MapSpec, cache map[string]*mapInfo) (*mapInfo, error) {
-	if ins.Src == asm.PseudoMapValue {
-		return nil, errors.New("direct map value access (global variables) is not supported")
-	}
 	if m, ok := ins.Map().(*ebpf.Map); ok && m != nil {
-		info := &mapInfo{name: m.String(), typ: m.Type().String(), keySize: m.KeySize(), valueSize: m.ValueSize()}
+		info := &mapInfo{name: m.String(), typ: m.Type().String(), keySize: m.KeySize(), valueSize: m.ValueSize(), readOnly: m.Flags()&0x80 != 0}
 		setKind(info, m.Type())
+		if ins.Src == asm.PseudoMapValue && m.Type() != ebpf.Array {
+			return nil, fmt.Errorf("direct value access to map %s of type %s (only arrays)", info.name, info.typ)
+		}
 		return info, nil
 	}
 	name := ins.Reference()
@@ -168,10 +172,15 @@ func resolveMap(ins asm.Instruction, maps map[string]*ebpf.MapSpec, cache map[st
 	}
 	info := &mapInfo{name: name, typ: ms.Type.String(), keySize: ms.KeySize, valueSize: ms.ValueSize}
 	setKind(info, ms.Type)
+	// BPF_F_RDONLY_PROG: .rodata and other maps the program can't write.
+	info.readOnly = ms.Flags&0x80 != 0
 	if info.ringbuf {
 		info.keySize, info.valueSize = 0, 0
 	}
 	cache[name] = info
+	if ins.Src == asm.PseudoMapValue && ms.Type != ebpf.Array {
+		return nil, fmt.Errorf("direct value access to map %s of type %s (only arrays)", name, info.typ)
+	}
 	return info, nil
 }
 

@@ -102,6 +102,8 @@ type mapInfo struct {
 	valueSize uint32
 	ringbuf   bool
 	progArray bool
+	// readOnly maps (BPF_F_RDONLY_PROG, such as .rodata) reject writes.
+	readOnly bool
 }
 
 // reg is the abstract value of one register or spilled stack slot.
@@ -235,23 +237,20 @@ func (s *state) dropRef(id uint32) {
 }
 
 // idMap checks that ids of an old state correspond one to one with ids of
-// a new state, as the kernel's check_ids does.
-type idMap struct{ fwd, back map[uint32]uint32 }
+// a new state, as the kernel's check_ids does. Few ids are live at once,
+// so pairs in a slice beat a map.
+type idMap struct{ pairs [][2]uint32 }
 
 func (m *idMap) match(old, cur uint32) bool {
 	if old == 0 || cur == 0 {
 		return old == cur
 	}
-	if m.fwd == nil {
-		m.fwd, m.back = map[uint32]uint32{}, map[uint32]uint32{}
+	for _, p := range m.pairs {
+		if p[0] == old || p[1] == cur {
+			return p[0] == old && p[1] == cur
+		}
 	}
-	if v, ok := m.fwd[old]; ok {
-		return v == cur
-	}
-	if v, ok := m.back[cur]; ok {
-		return v == old
-	}
-	m.fwd[old], m.back[cur] = cur, old
+	m.pairs = append(m.pairs, [2]uint32{old, cur})
 	return true
 }
 
@@ -278,23 +277,31 @@ func (old *reg) covers(cur *reg, ids *idMap) bool {
 	}
 }
 
-// covers reports whether state old subsumes cur.
-func (old *state) covers(cur *state) bool {
+// covers reports whether state old subsumes cur; live holds the registers
+// of each frame that may still be read.
+func (old *state) covers(cur *state, live []uint16) bool {
 	if len(old.frames) != len(cur.frames) || len(old.refs) != len(cur.refs) {
 		return false
 	}
-	ids := &idMap{}
+	ids := &idMap{pairs: make([][2]uint32, 0, 8)}
 	for fi := range old.frames {
 		of, cf := old.frames[fi], cur.frames[fi]
 		if of.callsite != cf.callsite {
 			return false
 		}
 		for i := range of.regs {
+			if live[fi]&(1<<i) == 0 {
+				continue
+			}
 			if !of.regs[i].covers(&cf.regs[i], ids) {
 				return false
 			}
 		}
 		for i := 0; i < stackSize; i++ {
+			if i%8 == 0 && of.kind[i] != stackSpill && *(*[8]byte)(of.kind[i:i+8]) == *(*[8]byte)(cf.kind[i:i+8]) {
+				i += 7
+				continue
+			}
 			ok, ck := of.kind[i], cf.kind[i]
 			switch {
 			case ok == stackInvalid:

@@ -1,0 +1,108 @@
+package verifier
+
+import (
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+)
+
+// kernelStats are the figures of the kernel verifier's stats log.
+type kernelStats struct {
+	processed, peakStates int
+	time                  time.Duration
+}
+
+var (
+	reProcessed = regexp.MustCompile(`processed (\d+) insns .*peak_states (\d+)`)
+	reTime      = regexp.MustCompile(`verification time (\d+) usec`)
+)
+
+func parseKernelStats(log string) (kernelStats, error) {
+	var ks kernelStats
+	m := reProcessed.FindStringSubmatch(log)
+	t := reTime.FindStringSubmatch(log)
+	if m == nil || t == nil {
+		return ks, fmt.Errorf("no stats in verifier log %q", log)
+	}
+	ks.processed, _ = strconv.Atoi(m[1])
+	ks.peakStates, _ = strconv.Atoi(m[2])
+	us, _ := strconv.Atoi(t[1])
+	ks.time = time.Duration(us) * time.Microsecond
+	return ks, nil
+}
+
+// kernelVerify loads every program of the object with the stats log.
+func kernelVerify(tb testing.TB, path string) map[string]kernelStats {
+	tb.Helper()
+	spec, err := ebpf.LoadCollectionSpec(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Programs: ebpf.ProgramOptions{LogLevel: ebpf.LogLevelStats}})
+	if err != nil {
+		tb.Fatalf("kernel load %s: %v", path, err)
+	}
+	defer coll.Close()
+	out := map[string]kernelStats{}
+	for name, p := range coll.Programs {
+		ks, err := parseKernelStats(p.VerifierLog)
+		if err != nil {
+			tb.Fatalf("%s/%s: %v", path, name, err)
+		}
+		out[name] = ks
+	}
+	return out
+}
+
+// BenchmarkVerifyVsKernel verifies each sockgate program with this
+// verifier and reports, beside its time and processed instructions, the
+// kernel verifier's own figures for the same program in the same run:
+//
+//	go test -run '^$' -bench VerifyVsKernel -benchtime 3x ./verifier
+func BenchmarkVerifyVsKernel(b *testing.B) {
+	paths, _ := filepath.Glob("../*/*_bpfel.o")
+	sort.Strings(paths)
+	for _, path := range paths {
+		spec, err := ebpf.LoadCollectionSpec(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		rep, err := VerifyCollection(spec, ebpf.UnspecifiedProgram)
+		if err != nil || len(rep.Rejected) > 0 {
+			continue // rejected objects (deliberate leaks) have no kernel figures
+		}
+		kernel := kernelVerify(b, path)
+		names := make([]string, 0, len(spec.Programs))
+		for n := range spec.Programs {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, name := range names {
+			b.Run(name, func(b *testing.B) {
+				var res *Result
+				start := time.Now()
+				for b.Loop() {
+					res, err = Verify(spec.Programs[name], &Options{Maps: spec.Maps})
+					if err != nil {
+						b.Fatal(err)
+					}
+				}
+				per := time.Since(start) / time.Duration(b.N)
+				ks := kernel[name]
+				b.ReportMetric(float64(res.Processed), "insns")
+				b.ReportMetric(float64(ks.processed), "kernel-insns")
+				b.ReportMetric(float64(res.PeakStates), "states")
+				b.ReportMetric(float64(ks.peakStates), "kernel-states")
+				b.ReportMetric(float64(ks.time.Microseconds()), "kernel-us")
+				b.ReportMetric(float64(per.Microseconds()), "us")
+				b.ReportMetric(float64(per)/float64(max(ks.time, 1)), "x-kernel-time")
+			})
+		}
+	}
+}
