@@ -311,6 +311,24 @@ func (v *verifier) callHelper(i int, fn asm.BuiltinFunc) error {
 	case retVoid:
 		regs[asm.R0] = reg{}
 	case retMapValueOrNull:
+		if mapArg.typ == ebpf.SockMap.String() || mapArg.typ == ebpf.SockHash.String() {
+			// A socket map lookup returns a referenced socket, as
+			// the kernel's is_acquire_function says.
+			id := v.newID()
+			regs[asm.R0] = reg{typ: ptrSockOrNull, id: id, ref: id}
+			st.refs = append(st.refs, refState{id: id, insn: i, mark: v.path})
+			break
+		}
+		if mapArg.typ == ebpf.ArrayOfMaps.String() || mapArg.typ == ebpf.HashOfMaps.String() {
+			if mapArg.inner == nil {
+				return v.reject(i, "unsupported-map", "map-in-map %s without an inner map spec", mapArg.name)
+			}
+			if fn != asm.FnMapLookupElem {
+				return v.reject(i, "unsupported-map", "bpf_%s on map-in-map %s is not supported", p.name, mapArg.name)
+			}
+			regs[asm.R0] = reg{typ: constPtrMapOrNull, m: mapArg.inner, id: v.newID()}
+			break
+		}
 		regs[asm.R0] = reg{typ: ptrMapValueOrNull, m: mapArg, id: v.newID()}
 	case retSockOrNull, retSockCommonOrNull, retRingbufOrNull:
 		id := v.newID()

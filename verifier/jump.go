@@ -393,6 +393,8 @@ func refKind(p *program, i int) string {
 	switch asm.BuiltinFunc(p.insns[i].Constant) {
 	case asm.FnRingbufReserve:
 		return "ringbuf record"
+	case asm.FnMapLookupElem:
+		return "socket (from a socket map lookup)"
 	}
 	return "socket"
 }

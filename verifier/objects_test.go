@@ -2,6 +2,7 @@ package verifier
 
 import (
 	"os"
+	"strings"
 	"path/filepath"
 	"testing"
 
@@ -19,7 +20,9 @@ func objectPaths(t testing.TB) []string {
 }
 
 // TestSockgateObjects verifies every program of every committed sockgate
-// BPF object: all must be accepted, as the kernel accepts them.
+// BPF object and loads the object into the kernel: both must accept it,
+// except the deliberately leaking test object (guardleak), which both
+// must reject.
 func TestSockgateObjects(t *testing.T) {
 	paths := objectPaths(t)
 	if len(paths) == 0 {
@@ -35,8 +38,27 @@ func TestSockgateObjects(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, r := range rep.Rejected {
-				t.Errorf("rejected: %v", r)
+			wantLeak := strings.Contains(filepath.Base(path), "leak")
+			if wantLeak {
+				if len(rep.Rejected) == 0 {
+					t.Errorf("leaking object accepted")
+				}
+				for _, r := range rep.Rejected {
+					if r.Rule != "unreleased-reference" {
+						t.Errorf("rejected with rule %s, want unreleased-reference: %v", r.Rule, r)
+					}
+				}
+			} else {
+				for _, r := range rep.Rejected {
+					t.Errorf("rejected: %v", r)
+				}
+			}
+			coll, kerr := ebpf.NewCollection(spec)
+			if kerr == nil {
+				coll.Close()
+			}
+			if (kerr != nil) != wantLeak {
+				t.Errorf("kernel outcome %v, want rejected=%v", kerr, wantLeak)
 			}
 			for _, r := range rep.Accepted {
 				t.Logf("%s: %d insns, %d processed, %d states, %v", r.Program, r.Insns, r.Processed, r.PeakStates, r.Duration)

@@ -174,6 +174,11 @@ func resolveMap(ins asm.Instruction, maps map[string]*ebpf.MapSpec, cache map[st
 	setKind(info, ms.Type)
 	// BPF_F_RDONLY_PROG: .rodata and other maps the program can't write.
 	info.readOnly = ms.Flags&0x80 != 0
+	if (ms.Type == ebpf.ArrayOfMaps || ms.Type == ebpf.HashOfMaps) && ms.InnerMap != nil {
+		in := ms.InnerMap
+		info.inner = &mapInfo{name: name + ".inner", typ: in.Type.String(), keySize: in.KeySize, valueSize: in.ValueSize, readOnly: in.Flags&0x80 != 0}
+		setKind(info.inner, in.Type)
+	}
 	if info.ringbuf {
 		info.keySize, info.valueSize = 0, 0
 	}

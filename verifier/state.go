@@ -28,6 +28,7 @@ const (
 	ptrTCPSockOrNull
 	ptrRingbufMem
 	ptrRingbufMemOrNull
+	constPtrMapOrNull
 )
 
 var regTypeNames = [...]string{
@@ -49,6 +50,7 @@ var regTypeNames = [...]string{
 	ptrTCPSockOrNull:    "tcp_sock_or_null",
 	ptrRingbufMem:       "ringbuf_mem",
 	ptrRingbufMemOrNull: "ringbuf_mem_or_null",
+	constPtrMapOrNull:   "map_ptr_or_null",
 }
 
 func (t regType) String() string {
@@ -61,7 +63,7 @@ func (t regType) String() string {
 // orNull reports whether the type may be NULL and must be checked first.
 func (t regType) orNull() bool {
 	switch t {
-	case ptrMapValueOrNull, ptrSockCommonOrNull, ptrSockOrNull, ptrTCPSockOrNull, ptrRingbufMemOrNull:
+	case ptrMapValueOrNull, ptrSockCommonOrNull, ptrSockOrNull, ptrTCPSockOrNull, ptrRingbufMemOrNull, constPtrMapOrNull:
 		return true
 	}
 	return false
@@ -80,6 +82,8 @@ func (t regType) nonNull() regType {
 		return ptrTCPSock
 	case ptrRingbufMemOrNull:
 		return ptrRingbufMem
+	case constPtrMapOrNull:
+		return constPtrMap
 	}
 	return t
 }
@@ -104,6 +108,8 @@ type mapInfo struct {
 	progArray bool
 	// readOnly maps (BPF_F_RDONLY_PROG, such as .rodata) reject writes.
 	readOnly bool
+	// inner is the inner map of a map-in-map (array or hash of maps).
+	inner *mapInfo
 }
 
 // reg is the abstract value of one register or spilled stack slot.
@@ -298,7 +304,7 @@ func (old *state) covers(cur *state, live []uint16) bool {
 			}
 		}
 		for i := 0; i < stackSize; i++ {
-			if i%8 == 0 && of.kind[i] != stackSpill && *(*[8]byte)(of.kind[i:i+8]) == *(*[8]byte)(cf.kind[i:i+8]) {
+			if i%8 == 0 && of.kind[i] != stackSpill && *(*[8]byte)(of.kind[i : i+8]) == *(*[8]byte)(cf.kind[i : i+8]) {
 				i += 7
 				continue
 			}

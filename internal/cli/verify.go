@@ -40,7 +40,12 @@ Exit status: 0 when every program is accepted, 1 when one is rejected,
 
   # one program, as a tc program, machine-readable
   sockgate verify -o json --prog guard_ingress --type tc guard.o`,
-		Args: cobra.ExactArgs(1),
+		Args: func(cmd *cobra.Command, args []string) error {
+			if err := cobra.ExactArgs(1)(cmd, args); err != nil {
+				return &ExitError{Code: 2, Err: fmt.Errorf("verify: %w (usage: sockgate verify OBJ)", err)}
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var typ ebpf.ProgramType
 			if typeName != "" {
