@@ -1,0 +1,165 @@
+package dispatch
+
+import (
+	"fmt"
+	"net/netip"
+	"unsafe"
+)
+
+// Aliases for the bpf2go types, so the rest of the package reads plainly.
+type (
+	trieKey      = dispatcherDpKey
+	trieTarget   = dispatcherDpTarget
+	destKey      = dispatcherDpDestKey
+	specKey      = dispatcherDpBinding
+	specValue    = dispatcherDpBindingValue
+	labelKey     = dispatcherDpLabel
+	metaValue    = dispatcherDpState
+	labelMetrics = dispatcherDpMetrics
+)
+
+// Flags of a trie target and a stored binding (DP_F_* in dispatch.c).
+const (
+	flagNoReuseport = 1 << 0
+	flagReplace     = 1 << 1
+)
+
+// keyFixedBits is DP_KEY_FIXED_BITS: protocol, family, port and ifindex.
+const keyFixedBits = 64
+
+// layoutVersion is stored in dp_meta at load; upgrade refuses an object
+// whose maps are laid out differently.
+const layoutVersion = 1
+
+func family(a netip.Addr) uint8 {
+	if a.Is4() {
+		return 4
+	}
+	return 6
+}
+
+func addrBytes(a netip.Addr) (out [16]uint8) {
+	if a.Is4() {
+		b := a.As4()
+		copy(out[:], b[:])
+		return out
+	}
+	b := a.As16()
+	copy(out[:], b[:])
+	return out
+}
+
+func addrFrom(fam uint8, b [16]uint8) netip.Addr {
+	if fam == 4 {
+		return netip.AddrFrom4([4]byte(b[:4]))
+	}
+	return netip.AddrFrom16(b)
+}
+
+// newTrieKey is the trie key of a binding for one port (0: all ports).
+func newTrieKey(b Binding, ifindex uint32, port uint16) trieKey {
+	return trieKey{
+		Prefixlen: keyFixedBits + uint32(b.Prefix.Bits()),
+		Protocol:  uint8(b.Protocol),
+		Family:    family(b.Prefix.Addr()),
+		Port:      port,
+		Ifindex:   ifindex,
+		Addr:      addrBytes(b.Prefix.Addr()),
+	}
+}
+
+func bindingFlags(b Binding) uint32 {
+	var f uint32
+	if b.NoReuseport {
+		f |= flagNoReuseport
+	}
+	if b.Replace {
+		f |= flagReplace
+	}
+	return f
+}
+
+// newSpecKey and bindingFromSpec convert between a binding and its stored
+// record; they are the only place that knows the record's layout.
+func newSpecKey(b Binding, ifindex uint32) specKey {
+	return specKey{
+		Protocol:  uint8(b.Protocol),
+		Family:    family(b.Prefix.Addr()),
+		Prefixlen: uint8(b.Prefix.Bits()),
+		PortLo:    b.Ports.Lo,
+		PortHi:    b.Ports.Hi,
+		Ifindex:   ifindex,
+		Addr:      addrBytes(b.Prefix.Addr()),
+	}
+}
+
+func bindingFromSpec(k specKey, v specValue, label, iface string) (Binding, error) {
+	if k.Family != 4 && k.Family != 6 {
+		return Binding{}, fmt.Errorf("stored binding has family %d", k.Family)
+	}
+	addr := addrFrom(k.Family, k.Addr)
+	p, err := addr.Prefix(int(k.Prefixlen))
+	if err != nil {
+		return Binding{}, fmt.Errorf("stored binding: %w", err)
+	}
+	return Binding{
+		Label:       label,
+		Protocol:    Protocol(k.Protocol),
+		Prefix:      p,
+		Ports:       Ports{k.PortLo, k.PortHi},
+		Iface:       iface,
+		NoReuseport: v.Flags&flagNoReuseport != 0,
+		Replace:     v.Flags&flagReplace != 0,
+	}, nil
+}
+
+func newLabelKey(label string) labelKey {
+	var k labelKey
+	for i := 0; i < len(label) && i < len(k.Name)-1; i++ {
+		k.Name[i] = int8(label[i])
+	}
+	return k
+}
+
+func labelFromKey(k labelKey) string {
+	b := unsafe.Slice((*byte)(unsafe.Pointer(&k.Name[0])), len(k.Name))
+	for i, c := range b {
+		if c == 0 {
+			return string(b[:i])
+		}
+	}
+	return string(b)
+}
+
+// resolved is a binding with its label id and interface index looked up.
+type resolved struct {
+	Binding
+	labelID uint32
+	ifindex uint32
+}
+
+// compile expands bindings into trie entries. Bindings that expand to the
+// same key differ only in their ports (duplicates were rejected before);
+// the key goes to the more specific one (see beats).
+func compile(rs []resolved) map[trieKey]trieTarget {
+	out := make(map[trieKey]trieTarget)
+	owner := make(map[trieKey]Binding)
+	put := func(r resolved, port uint16) {
+		k := newTrieKey(r.Binding, r.ifindex, port)
+		if prev, ok := owner[k]; ok && !beats(r.Binding, prev) {
+			return
+		}
+		owner[k] = r.Binding
+		out[k] = trieTarget{LabelId: r.labelID, Priority: priority(r.Binding), Flags: bindingFlags(r.Binding)}
+	}
+	for _, r := range rs {
+		if r.Ports.All() {
+			put(r, 0)
+			continue
+		}
+		for p := uint32(r.Ports.Lo); p <= uint32(r.Ports.Hi); p++ {
+			put(r, uint16(p))
+		}
+	}
+	return out
+}
