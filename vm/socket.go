@@ -294,8 +294,16 @@ type acquired struct {
 	counts bool // took a refcount (not RCU-freed)
 }
 
-// sockRegion builds the read-only struct bpf_sock view of s.
-func sockView(s *Socket) []byte {
+// loopback4IPv6 is LOOPBACK4_IPV6 (127.0.0.6), which the kernel stores in
+// the IPv4 address fields of IPv6 sockets bound to a specific address.
+var loopback4IPv6 = [4]byte{127, 0, 0, 6}
+
+// sockView builds the read-only struct bpf_sock view of s, with the
+// kernel's quirks (verified against it in TestSocketHelpersAgainstKernel):
+// established IPv4 TCP sockets also carry their addresses v4-mapped in the
+// IPv6 fields; IPv6 sockets bound to an address carry 127.0.0.6 in
+// src_ip4, and accepted ones in dst_ip4 too.
+func sockView(s *Socket, accepted bool) []byte {
 	b := make([]byte, 80)
 	le := binary.LittleEndian
 	le.PutUint32(b[4:], s.family())
@@ -307,24 +315,38 @@ func sockView(s *Socket) []byte {
 	le.PutUint32(b[8:], typ)
 	le.PutUint32(b[12:], proto)
 	le.PutUint32(b[16:], s.Mark)
-	la := s.Local.Addr()
+	la, ra := s.Local.Addr(), s.Remote.Addr()
+	tcpEst := s.Proto == "tcp" && s.State == StateEstablished
 	if la.Is4() {
 		a := la.As4()
 		copy(b[24:28], a[:])
+		if tcpEst {
+			mm := v4mapped(a)
+			copy(b[28:44], mm[:])
+		}
 	} else {
 		a := la.As16()
 		copy(b[28:44], a[:])
+		if !la.IsUnspecified() {
+			copy(b[24:28], loopback4IPv6[:])
+		}
 	}
 	le.PutUint32(b[44:], uint32(s.Local.Port()))
 	if s.Remote.IsValid() {
 		binary.BigEndian.PutUint16(b[48:], s.Remote.Port())
-		ra := s.Remote.Addr()
 		if ra.Is4() {
 			a := ra.As4()
 			copy(b[52:56], a[:])
+			if tcpEst {
+				mm := v4mapped(a)
+				copy(b[56:72], mm[:])
+			}
 		} else {
 			a := ra.As16()
 			copy(b[56:72], a[:])
+			if tcpEst && accepted {
+				copy(b[52:56], loopback4IPv6[:])
+			}
 		}
 	}
 	le.PutUint32(b[72:], tcpStateNum[s.State])
@@ -332,10 +354,26 @@ func sockView(s *Socket) []byte {
 	return b
 }
 
+func v4mapped(a [4]byte) [16]byte {
+	var m [16]byte
+	m[10], m[11] = 0xff, 0xff
+	copy(m[12:], a[:])
+	return m
+}
+
+// view returns the bpf_sock bytes of s as seen from table t.
+func (t *SocketTable) view(s *Socket) []byte {
+	accepted := false
+	if t != nil && s.Proto == "tcp" && s.State == StateEstablished {
+		accepted = t.listenerFor(s) != nil
+	}
+	return sockView(s, accepted)
+}
+
 // acquire hands s to the program as a struct bpf_sock pointer, taking a
 // reference if counted.
 func (m *machine) acquire(s *Socket, counted bool) uint64 {
-	ptr := m.addRegion(RegionSocket, sockView(s), true, s)
+	ptr := m.addRegion(RegionSocket, m.eng.opts.Sockets.view(s), true, s)
 	rs := m.run
 	a := acquired{sock: s, region: len(m.regions) - 1, counts: counted && !s.rcuFree()}
 	if a.counts {
@@ -348,7 +386,7 @@ func (m *machine) acquire(s *Socket, counted bool) uint64 {
 // pointer returns a pointer to s without a reference (for the sk field of
 // contexts and sk_lookup's selected socket).
 func (m *machine) sockPointer(s *Socket) uint64 {
-	return m.addRegion(RegionSocket, sockView(s), true, s)
+	return m.addRegion(RegionSocket, m.eng.opts.Sockets.view(s), true, s)
 }
 
 func (m *machine) release(ptr uint64) error {

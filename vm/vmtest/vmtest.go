@@ -28,6 +28,11 @@ type Options struct {
 	IgnoreMaps []string
 	// IgnorePacket skips the output packet comparison.
 	IgnorePacket bool
+	// VM are the vm's options (CPUs is set to the kernel's possible CPUs).
+	VM vm.Options
+	// InKernel, if set, wraps each kernel run (for example NS.Do, so a
+	// test run sees a namespace's sockets).
+	InKernel func(func() error) error
 }
 
 // Pair is a collection loaded into the kernel and into the vm.
@@ -49,7 +54,9 @@ func Load(tb testing.TB, spec *ebpf.CollectionSpec, opts Options) *Pair {
 	if err != nil {
 		tb.Fatalf("possible CPUs: %v", err)
 	}
-	e, err := vm.LoadCollection(spec.Copy(), vm.Options{CPUs: cpus})
+	vo := opts.VM
+	vo.CPUs = cpus
+	e, err := vm.LoadCollection(spec.Copy(), vo)
 	if err != nil {
 		tb.Fatalf("vm load: %v", err)
 	}
@@ -97,7 +104,18 @@ func (p *Pair) CompareOne(prog string, frame []byte) error {
 		return fmt.Errorf("kernel: no program %q", prog)
 	}
 	opts := &ebpf.RunOptions{Data: frame, DataOut: make([]byte, len(frame)+4096)}
-	ret, err := kp.Run(opts)
+	var ret uint32
+	run := func() error {
+		var err error
+		ret, err = kp.Run(opts)
+		return err
+	}
+	var err error
+	if p.opts.InKernel != nil {
+		err = p.opts.InKernel(run)
+	} else {
+		err = run()
+	}
 	if err != nil {
 		// BPF_PROG_TEST_RUN validates its input (for example the
 		// minimum skb size for an ethertype); a rejected input says
