@@ -13,14 +13,33 @@ import (
 // RuleSpec is one rule as written in a rules file or given on the command
 // line, before validation.
 type RuleSpec struct {
-	Src   string `json:"src,omitempty"`
-	Dst   string `json:"dst,omitempty"`
-	Proto string `json:"proto,omitempty"`
-	Sport string `json:"sport,omitempty"`
-	Dport string `json:"dport,omitempty"`
+	Src   string   `json:"src,omitempty"`
+	Dst   string   `json:"dst,omitempty"`
+	Proto string   `json:"proto,omitempty"`
+	Sport PortSpec `json:"sport,omitempty"`
+	Dport PortSpec `json:"dport,omitempty"`
 	// TTL is a Go duration ("10m", "1h30m"); the rule expires that long
 	// after it is applied.
 	TTL string `json:"ttl,omitempty"`
+}
+
+// PortSpec is a port or range as written in a file: 22, "22" or
+// "6000-6063".
+type PortSpec string
+
+// UnmarshalJSON accepts a number or a string.
+func (p *PortSpec) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err == nil {
+		*p = PortSpec(s)
+		return nil
+	}
+	var n json.Number
+	if err := json.Unmarshal(b, &n); err != nil {
+		return fmt.Errorf("a port must be a number or a string such as \"6000-6063\", not %s", b)
+	}
+	*p = PortSpec(n.String())
+	return nil
 }
 
 // File is a rules file:
@@ -57,12 +76,12 @@ func (s RuleSpec) Rule(now time.Time) (Rule, error) {
 		}
 	}
 	if s.Sport != "" {
-		if r.SrcPorts, err = ParsePortRange(s.Sport); err != nil {
+		if r.SrcPorts, err = ParsePortRange(string(s.Sport)); err != nil {
 			return Rule{}, fmt.Errorf("sport: %w", err)
 		}
 	}
 	if s.Dport != "" {
-		if r.DstPorts, err = ParsePortRange(s.Dport); err != nil {
+		if r.DstPorts, err = ParsePortRange(string(s.Dport)); err != nil {
 			return Rule{}, fmt.Errorf("dport: %w", err)
 		}
 	}

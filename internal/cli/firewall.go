@@ -206,8 +206,8 @@ func (s *selectorFlags) register(cmd *cobra.Command, withTTL bool) {
 	cmd.Flags().StringVar(&s.spec.Src, "src", "", "source `CIDR` (or address)")
 	cmd.Flags().StringVar(&s.spec.Dst, "dst", "", "destination `CIDR` (or address)")
 	cmd.Flags().StringVar(&s.spec.Proto, "proto", "", "protocol: tcp or udp")
-	cmd.Flags().StringVar(&s.spec.Sport, "sport", "", "source port `P` or range P-Q (needs --proto)")
-	cmd.Flags().StringVar(&s.spec.Dport, "dport", "", "destination port `P` or range P-Q (needs --proto)")
+	cmd.Flags().StringVar((*string)(&s.spec.Sport), "sport", "", "source port `P` or range P-Q (needs --proto)")
+	cmd.Flags().StringVar((*string)(&s.spec.Dport), "dport", "", "destination port `P` or range P-Q (needs --proto)")
 	if withTTL {
 		cmd.Flags().StringVar(&s.spec.TTL, "ttl", "", "expire the rule after `DURATION` (for example 10m, 2h)")
 	}
@@ -305,8 +305,8 @@ func newFirewallDelCmd(g *globals) *cobra.Command {
 
 func newFirewallListCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:     "list IFACE",
-		Short:   "List the rules with their hit counts",
+		Use:   "list IFACE",
+		Short: "List the rules with their hit counts",
 		Example: `  sockgate firewall list eth0
   sockgate firewall list eth0 -o json | jq '.[] | select(.hits > 0)'`,
 		Args: cobra.ExactArgs(1),
