@@ -257,7 +257,7 @@ func lookupProgram(fn asm.BuiltinFunc, release bool) asm.Instructions {
 		// struct bpf_sock_tuple on the stack at r10-16 (12 bytes used)
 		asm.StoreImm(asm.RFP, -16, int64(int32(0x020012c6)), asm.Word), // saddr 198.18.0.2
 		asm.StoreImm(asm.RFP, -12, int64(int32(0x010012c6)), asm.Word), // daddr 198.18.0.1
-		asm.StoreImm(asm.RFP, -8, int64(int32(0x5000409c)), asm.Word), // sport 40000, dport 80
+		asm.StoreImm(asm.RFP, -8, int64(int32(0x5000409c)), asm.Word),  // sport 40000, dport 80
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, -16),
 		asm.Mov.Imm(asm.R3, 12),
