@@ -586,8 +586,8 @@ func (l *ipLayer) encode6(s []layer, i int, rest []byte) ([]byte, error) {
 			binary.BigEndian.PutUint32(h[4:8], l.id)
 		} else {
 			h = make([]byte, 2+len(e.data), 2+len(e.data)+len(body))
-			if len(h)%8 != 0 {
-				return nil, fmt.Errorf("IPv6 extension header %d is %d bytes, not a multiple of 8", e.proto, len(h))
+			if len(h)%8 != 0 || len(h) > 2048 {
+				return nil, fmt.Errorf("IPv6 extension header %d is %d bytes, not a multiple of 8 up to 2048", e.proto, len(h))
 			}
 			h[0] = nh
 			h[1] = byte(len(h)/8 - 1)
