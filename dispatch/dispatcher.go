@@ -571,3 +571,13 @@ func (d *Dispatcher) gcLabels() error {
 	}
 	return nil
 }
+
+// Program returns a new handle on the program the link runs (for
+// BPF_PROG_TEST_RUN in tests and benchmarks); the caller closes it.
+func (d *Dispatcher) Program() (*ebpf.Program, error) {
+	info, err := d.link.Info()
+	if err != nil {
+		return nil, fmt.Errorf("read link info: %w", err)
+	}
+	return ebpf.NewProgramFromID(info.Program)
+}

@@ -42,6 +42,14 @@ func newBareEnv(t *testing.T) *env {
 	return &env{t: t, ns: ns}
 }
 
+// envIn uses an existing namespace (no extra routes) with a dispatcher.
+func envIn(t *testing.T, ns *nettest.NS) *env {
+	t.Helper()
+	e := &env{t: t, ns: ns}
+	e.load()
+	return e
+}
+
 func (e *env) load() {
 	e.t.Helper()
 	err := e.ns.Do(func() error {
@@ -226,8 +234,14 @@ var errRefused = errors.New("refused")
 // dial connects from inside the namespace and returns the name of the
 // server that answered.
 func (e *env) dial(proto string, dst netip.AddrPort) (string, error) {
+	return dialIn(e.ns, proto, dst)
+}
+
+// dialIn connects from inside ns and returns the name of the server that
+// answered.
+func dialIn(ns *nettest.NS, proto string, dst netip.AddrPort) (string, error) {
 	var got string
-	err := e.ns.Do(func() error {
+	err := ns.Do(func() error {
 		if proto == "tcp" {
 			c, err := net.DialTimeout("tcp", dst.String(), 2*time.Second)
 			if err != nil {
