@@ -341,6 +341,18 @@ func (v *verifier) alu(i int, ins asm.Instruction) error {
 		}
 		return v.writeReg(i, ins.Dst, scalarReg(src.val.trunc32()))
 	}
+	if (aop == asm.LSh || aop == asm.RSh || aop == asm.ArSh) && op.Source() == asm.ImmSource {
+		width := int64(32)
+		if is64 {
+			width = 64
+		}
+		if ins.Constant < 0 || ins.Constant >= width {
+			return v.reject(i, "invalid-shift", "shift by %d is out of range for a %d-bit operation", ins.Constant, width)
+		}
+	}
+	if (aop == asm.Div || aop == asm.Mod || aop == asm.SDiv || aop == asm.SMod) && op.Source() == asm.ImmSource && ins.Constant == 0 {
+		return v.reject(i, "division-by-zero", "division by the constant 0")
+	}
 	d, err := v.readReg(i, ins.Dst)
 	if err != nil {
 		return err
@@ -399,6 +411,12 @@ func scalarALU(aop asm.ALUOp, is64 bool, a, b scalar) (scalar, bool) {
 	if !is64 {
 		a, b = a.trunc32(), b.trunc32()
 	}
+	// Like the kernel, division and modulo results are not tracked (not
+	// even of constants), so both verifiers explore the same paths.
+	// (The kernel leaves even a 32-bit result unknown in all 64 bits.)
+	if aop == asm.Div || aop == asm.Mod || aop == asm.SDiv || aop == asm.SMod {
+		return unknownScalar(), true
+	}
 	if a.isConst() && b.isConst() {
 		r, ok := constALU(aop, is64, a.value(), b.value())
 		if !ok {
@@ -435,8 +453,7 @@ func scalarALU(aop asm.ALUOp, is64 bool, a, b scalar) (scalar, bool) {
 		r = a.xor(b)
 	case asm.LSh, asm.RSh, asm.ArSh:
 		if !b.isConst() || b.value() >= width {
-			r = unknownScalar()
-			break
+			return unknownScalar(), true
 		}
 		n := uint(b.value())
 		switch aop {

@@ -164,6 +164,22 @@ func corpus() []corpusCase {
 	}
 }
 
+// regressions are programs the differential fuzzer found where this
+// verifier once accepted what the kernel rejects.
+func regressions() []corpusCase {
+	return []corpusCase{
+		{name: "xdp-egress-ifindex-needs-devmap", typ: ebpf.XDP, rule: "ctx-access", insns: prog(ins(asm.LoadMem(asm.R7, asm.R6, 20, asm.Word)), ret0)},
+		{name: "shift-immediate-out-of-range", typ: ebpf.SocketFilter, rule: "invalid-shift", insns: prog(ins(asm.Mov.Imm(asm.R9, 1), asm.LSh.Imm32(asm.R9, -16)), ret0)},
+		{name: "shift-immediate-64", typ: ebpf.SocketFilter, rule: "invalid-shift", insns: prog(ins(asm.Mov.Imm(asm.R9, 1), asm.RSh.Imm(asm.R9, 64)), ret0)},
+		{name: "sk-release-in-socket-filter", typ: ebpf.SocketFilter, rule: "helper-not-allowed", insns: prog(ins(asm.Mov.Imm(asm.R1, 0), asm.FnSkRelease.Call()), ret0)},
+		{name: "sk-fullsock-in-socket-filter", typ: ebpf.SocketFilter, rule: "helper-not-allowed", insns: prog(ins(asm.Mov.Imm(asm.R1, 0), asm.FnSkFullsock.Call()), ret0)},
+		{name: "division-by-constant-zero", typ: ebpf.SocketFilter, rule: "division-by-zero", insns: prog(ins(asm.Mov.Imm(asm.R9, 1), asm.Div.Imm(asm.R9, 0)), ret0)},
+		{name: "sk-lookup-return-range", typ: ebpf.SkLookup, rule: "return-value", insns: ins(asm.Mov.Imm(asm.R0, 2), asm.Return())},
+		{name: "sk-lookup-ctx-sk-is-unreferenced", typ: ebpf.SkLookup, insns: ins(asm.LoadMem(asm.R1, asm.R1, 0, asm.DWord),
+			asm.JEq.Imm(asm.R1, 0, "out"), asm.LoadMem(asm.R2, asm.R1, 4, asm.Word), asm.Mov.Imm(asm.R0, 1).WithSymbol("out"), asm.Return())},
+	}
+}
+
 // kernelLoad loads the case into the kernel and returns the verifier's
 // error (nil when accepted).
 func kernelLoad(t *testing.T, c corpusCase, insns asm.Instructions) error {
@@ -185,7 +201,11 @@ func kernelLoad(t *testing.T, c corpusCase, insns asm.Instructions) error {
 			t.Fatalf("associate %s: %v", name, err)
 		}
 	}
-	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "corpus", Type: c.typ, License: "GPL", Instructions: insns})
+	spec := &ebpf.ProgramSpec{Name: "corpus", Type: c.typ, License: "GPL", Instructions: insns}
+	if c.typ == ebpf.SkLookup {
+		spec.AttachType = ebpf.AttachSkLookup
+	}
+	p, err := ebpf.NewProgram(spec)
 	if err == nil {
 		p.Close()
 	}
@@ -193,7 +213,7 @@ func kernelLoad(t *testing.T, c corpusCase, insns asm.Instructions) error {
 }
 
 func TestCorpus(t *testing.T) {
-	for _, c := range corpus() {
+	for _, c := range append(corpus(), regressions()...) {
 		t.Run(c.name, func(t *testing.T) {
 			insns := make(asm.Instructions, len(c.insns))
 			copy(insns, c.insns)

@@ -62,8 +62,9 @@ func (v *verifier) ctxAccess(i int, off, size int64, write bool) (reg, error) {
 		if write {
 			return bad(": the XDP context is read-only")
 		}
-		if off < 0 || off >= 24 || off%size != 0 || size != 4 {
-			return bad(" (xdp_md fields are 4-byte reads at offsets 0-20)")
+		// egress_ifindex (20) needs the devmap attach type.
+		if off < 0 || off >= 20 || off%size != 0 || size != 4 {
+			return bad(" (xdp_md fields are 4-byte reads at offsets 0-16)")
 		}
 		switch off {
 		case 0:

@@ -73,7 +73,7 @@ var protos = map[asm.BuiltinFunc]proto{
 	asm.FnKtimeGetNs:        {name: "ktime_get_ns"},
 	asm.FnKtimeGetBootNs:    {name: "ktime_get_boot_ns"},
 	asm.FnJiffies64:         {name: "jiffies64"},
-	asm.FnGetPrandomU32:     {name: "get_prandom_u32", retMax: math.MaxUint32},
+	asm.FnGetPrandomU32:     {name: "get_prandom_u32"},
 	asm.FnGetSmpProcessorId: {name: "get_smp_processor_id", retMax: math.MaxUint32},
 	asm.FnTracePrintk:       {name: "trace_printk", args: [5]argKind{argMem, argConstSize, argAnything, argAnything, argAnything}},
 	asm.FnTailCall:          {name: "tail_call", args: [5]argKind{argCtx, argConstMap, argAnything}, ret: retVoid},
