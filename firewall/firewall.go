@@ -211,7 +211,11 @@ func Unload(dir string) error {
 	if err := l.Unpin(); err != nil {
 		return fmt.Errorf("unpin link: %w", err)
 	}
-	return bpffs.RemoveAll(dir)
+	if err := bpffs.RemoveAll(dir); err != nil {
+		return err
+	}
+	bpffs.PruneEmpty(filepath.Dir(dir))
+	return nil
 }
 
 // attach links prog to the interface in the requested mode and returns the

@@ -104,3 +104,65 @@ func TestLockExcludes(t *testing.T) {
 		t.Fatal("second LockDir did not get the lock after the first was released")
 	}
 }
+
+func TestPruneEmpty(t *testing.T) {
+	if err := EnsureMounted(); err != nil {
+		t.Fatal(err)
+	}
+	base := filepath.Join(Root, "test-prune")
+	t.Cleanup(func() { RemoveAll(base) })
+	if err := MkdirAll(filepath.Join(base, "a", "b")); err != nil {
+		t.Fatal(err)
+	}
+	if err := MkdirAll(filepath.Join(base, "keep")); err != nil {
+		t.Fatal(err)
+	}
+	PruneEmpty(filepath.Join(base, "a", "b"))
+	if Exists(filepath.Join(base, "a")) {
+		t.Error("empty parent a was not pruned")
+	}
+	if !Exists(filepath.Join(base, "keep")) || !Exists(base) {
+		t.Error("pruning removed a non-empty directory or a sibling")
+	}
+	if !Exists(Root) {
+		t.Error("pruning removed the root")
+	}
+}
+
+func TestLockSurvivesRemovedDirectory(t *testing.T) {
+	if err := EnsureMounted(); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(Root, "test-lock-removed")
+	t.Cleanup(func() { RemoveAll(dir) })
+	first, err := LockDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *Lock)
+	go func() {
+		l, err := LockDir(dir)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- l
+	}()
+	time.Sleep(100 * time.Millisecond)
+	// The holder removes the directory before unlocking, as Unload does.
+	if err := os.Remove(dir); err != nil {
+		t.Fatal(err)
+	}
+	first.Unlock()
+	second := <-got
+	defer second.Unlock()
+	var held, current unix.Stat_t
+	if err := unix.Fstat(int(second.f.Fd()), &held); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Stat(dir, &current); err != nil {
+		t.Fatal(err)
+	}
+	if held.Ino != current.Ino {
+		t.Fatal("the second LockDir holds a lock on the removed directory")
+	}
+}
