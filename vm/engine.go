@@ -50,6 +50,8 @@ type Engine struct {
 	helpers map[int32]helperFn
 	clock   uint64
 	rnd     uint64
+	// inner are the maps created for map-in-maps.
+	inner []*Map
 	// Trace holds the lines written by bpf_trace_printk, in order.
 	Trace []string
 }

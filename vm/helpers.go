@@ -101,6 +101,19 @@ func hMapLookupPercpu(m *machine, a1, a2, a3, _, _ uint64) (uint64, error) {
 
 func (m *machine) lookupPtr(mp *Map, key []byte, cpu int) (uint64, error) {
 	switch {
+	case mp.inner != nil:
+		in := mp.inner[string(key)]
+		if in == nil {
+			return 0, nil
+		}
+		return makePtr(in.region, 0), nil
+	case mp.Type == ebpf.SockMap, mp.Type == ebpf.SockHash:
+		// A program's lookup in a sockmap returns a referenced socket.
+		s := mp.socket(key)
+		if s == nil {
+			return 0, nil
+		}
+		return m.acquire(s, true), nil
 	case mp.isArray(), mp.isHash():
 	default:
 		return 0, errf("map_lookup_elem on %s map %s", mp.Type, mp.Name)
@@ -702,8 +715,11 @@ func hSkRelease(m *machine, a1, _, _, _, _ uint64) (uint64, error) {
 	return 0, nil
 }
 
+// hSkAssign is bpf_sk_assign for sk_lookup programs, with the kernel's
+// checks in the kernel's order (bpf_sk_lookup_assign).
 func hSkAssign(m *machine, a1, a2, a3, _, _ uint64) (uint64, error) {
-	if _, ok := m.ctx.(*skLookupCtx); !ok {
+	c, ok := m.ctx.(*skLookupCtx)
+	if !ok {
 		return negErrno(unix.EOPNOTSUPP), nil
 	}
 	const replace = 1 << 0 // BPF_SK_LOOKUP_F_REPLACE
@@ -711,35 +727,32 @@ func hSkAssign(m *machine, a1, a2, a3, _, _ uint64) (uint64, error) {
 	if a3&^uint64(replace|noReuse) != 0 {
 		return negErrno(unix.EINVAL), nil
 	}
-	if a2 == 0 {
-		if m.run.selected != nil && a3&replace == 0 {
-			return negErrno(unix.EEXIST), nil
+	var s *Socket
+	if a2 != 0 {
+		rg, off, ok := m.regionOf(a2)
+		if !ok || rg.kind != RegionSocket || off != 0 {
+			return 0, errf("sk_assign with %#x, which is not a socket pointer", a2)
 		}
-		m.run.selected = nil
-		return 0, nil
-	}
-	rg, off, ok := m.regionOf(a2)
-	if !ok || rg.kind != RegionSocket || off != 0 {
-		return 0, errf("sk_assign with %#x, which is not a socket pointer", a2)
+		s = rg.obj.(*Socket)
+		if !s.rcuFree() {
+			return negErrno(unix.ESOCKTNOSUPPORT), nil
+		}
+		if s.Proto == "tcp" && s.State != StateListen || s.Proto == "udp" && s.State != StateBound {
+			return negErrno(unix.ESOCKTNOSUPPORT), nil
+		}
+		proto := "tcp"
+		if binary.LittleEndian.Uint32(c.raw[12:]) == 17 {
+			proto = "udp"
+		}
+		if s.Proto != proto {
+			return negErrno(unix.EPROTOTYPE), nil
+		}
+		if binary.LittleEndian.Uint32(c.raw[8:]) != s.family() && (s.family() == 2 || s.V6Only) {
+			return negErrno(unix.EAFNOSUPPORT), nil
+		}
 	}
 	if m.run.selected != nil && a3&replace == 0 {
 		return negErrno(unix.EEXIST), nil
-	}
-	s := rg.obj.(*Socket)
-	c := m.ctx.(*skLookupCtx)
-	proto := "tcp"
-	if binary.LittleEndian.Uint32(c.raw[12:]) == 17 {
-		proto = "udp"
-	}
-	if s.Proto != proto {
-		return negErrno(unix.EPROTOTYPE), nil
-	}
-	if proto == "tcp" && s.State != StateListen || proto == "udp" && s.State != StateBound {
-		return negErrno(unix.ESOCKTNOSUPPORT), nil
-	}
-	fam := binary.LittleEndian.Uint32(c.raw[8:])
-	if fam == 10 && s.family() == 2 {
-		return negErrno(unix.EAFNOSUPPORT), nil
 	}
 	m.run.selected = s
 	return 0, nil

@@ -46,6 +46,27 @@ func LoadCollection(spec *ebpf.CollectionSpec, opts Options) (*Engine, error) {
 	}
 	for _, n := range mapNames {
 		ms := spec.Maps[n]
+		if ms.Type == ebpf.ArrayOfMaps || ms.Type == ebpf.HashOfMaps {
+			m := e.maps[n]
+			for _, kv := range ms.Contents {
+				k, err := encodeValue(kv.Key, int(m.KeySize))
+				if err != nil {
+					return nil, fmt.Errorf("load collection: map %s: %w", n, err)
+				}
+				name, ok := kv.Value.(string)
+				if !ok {
+					return nil, fmt.Errorf("load collection: map %s: value %v is not a map name", n, kv.Value)
+				}
+				in, err := e.Map(name)
+				if err != nil {
+					return nil, fmt.Errorf("load collection: map %s: %w", n, err)
+				}
+				if err := m.SetInner(k, in); err != nil {
+					return nil, fmt.Errorf("load collection: %w", err)
+				}
+			}
+			continue
+		}
 		if ms.Type != ebpf.ProgramArray {
 			continue
 		}

@@ -69,6 +69,10 @@ type Map struct {
 	socks []*Socket          // sockmap
 	sockh map[string]*Socket // sockhash
 	ring  *ringbuf
+	// map-in-map: inner maps by key, and the template for new ones.
+	inner     map[string]*Map
+	innerSpec *ebpf.MapSpec
+	innerSeq  int
 }
 
 type entry struct {
@@ -140,6 +144,15 @@ func (e *Engine) AddMap(spec *ebpf.MapSpec) (*Map, error) {
 		m.socks = make([]*Socket, m.MaxEntries)
 	case ebpf.SockHash:
 		m.sockh = map[string]*Socket{}
+	case ebpf.ArrayOfMaps, ebpf.HashOfMaps:
+		if spec.InnerMap == nil {
+			return nil, fmt.Errorf("map %s: %s without an inner map definition", m.Name, m.Type)
+		}
+		if m.Type == ebpf.ArrayOfMaps && m.KeySize != 4 {
+			return nil, fmt.Errorf("map %s: array of maps key size must be 4", m.Name)
+		}
+		m.inner = map[string]*Map{}
+		m.innerSpec = spec.InnerMap.Copy()
 	case ebpf.RingBuf:
 		if m.MaxEntries == 0 || m.MaxEntries&(m.MaxEntries-1) != 0 {
 			return nil, fmt.Errorf("map %s: ring buffer size %d must be a power of two", m.Name, m.MaxEntries)
@@ -159,8 +172,8 @@ func (e *Engine) AddMap(spec *ebpf.MapSpec) (*Map, error) {
 	mm.nStatic = len(mm.regions)
 	e.maps[m.Name] = m
 	for _, kv := range spec.Contents {
-		if m.Type == ebpf.ProgramArray {
-			continue // programs are filled in after they are loaded
+		if m.Type == ebpf.ProgramArray || m.inner != nil {
+			continue // programs and inner maps are filled in after loading
 		}
 		k, err := encodeValue(kv.Key, int(m.KeySize))
 		if err != nil {
@@ -647,4 +660,63 @@ func (e *Engine) LoadJSON(data []byte) error {
 		}
 	}
 	return nil
+}
+
+// NewInner creates a map from the inner map template of a map-in-map
+// (ArrayOfMaps, HashOfMaps). It is not reachable by name; put it in the
+// outer map with SetInner.
+func (m *Map) NewInner() (*Map, error) {
+	if m.inner == nil {
+		return nil, fmt.Errorf("map %s is a %s, not a map of maps: %w", m.Name, m.Type, ErrInvalid)
+	}
+	spec := m.innerSpec.Copy()
+	m.innerSeq++
+	spec.Name = fmt.Sprintf("%s/inner%d", m.Name, m.innerSeq)
+	in, err := m.eng.AddMap(spec)
+	if err != nil {
+		return nil, err
+	}
+	// Inner maps are reached through the outer map only.
+	delete(m.eng.maps, spec.Name)
+	m.eng.inner = append(m.eng.inner, in)
+	return in, nil
+}
+
+// SetInner stores inner under key of a map-in-map (nil deletes it). The
+// inner map must match the template's type and sizes, as in the kernel.
+func (m *Map) SetInner(key []byte, inner *Map) error {
+	if err := m.checkKey(key); err != nil {
+		return err
+	}
+	if m.inner == nil {
+		return fmt.Errorf("map %s is a %s, not a map of maps: %w", m.Name, m.Type, ErrInvalid)
+	}
+	if m.Type == ebpf.ArrayOfMaps && binary.LittleEndian.Uint32(key) >= m.MaxEntries {
+		return fmt.Errorf("map %s: index out of range: %w", m.Name, ErrMapFull)
+	}
+	if inner == nil {
+		if _, ok := m.inner[string(key)]; !ok {
+			return fmt.Errorf("map %s: %w", m.Name, ErrKeyNotExist)
+		}
+		delete(m.inner, string(key))
+		return nil
+	}
+	t := m.innerSpec
+	if inner.Type != t.Type || inner.KeySize != t.KeySize || inner.ValueSize != t.ValueSize {
+		return fmt.Errorf("map %s: inner map %s (%s %d/%d) does not match the template (%s %d/%d): %w",
+			m.Name, inner.Name, inner.Type, inner.KeySize, inner.ValueSize, t.Type, t.KeySize, t.ValueSize, ErrInvalid)
+	}
+	if _, ok := m.inner[string(key)]; !ok && m.Type == ebpf.HashOfMaps && len(m.inner) >= int(m.MaxEntries) {
+		return fmt.Errorf("map %s: %w", m.Name, ErrMapFull)
+	}
+	m.inner[string(key)] = inner
+	return nil
+}
+
+// Inner returns the inner map stored under key, or nil.
+func (m *Map) Inner(key []byte) *Map {
+	if m.inner == nil {
+		return nil
+	}
+	return m.inner[string(key)]
 }

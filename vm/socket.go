@@ -53,6 +53,8 @@ type Socket struct {
 	Cookie uint64 `json:"cookie,omitempty"`
 	// Mark is the socket mark.
 	Mark uint32 `json:"mark,omitempty"`
+	// V6Only is IPV6_V6ONLY: an IPv6 socket that takes no IPv4 traffic.
+	V6Only bool `json:"v6only,omitempty"`
 
 	// Refcnt counts the references BPF programs hold on the socket (only
 	// for sockets that are not RCU-freed: full TCP sockets other than
@@ -199,6 +201,9 @@ func (t *SocketTable) Lookup(netns uint32, proto string, remote, local netip.Add
 				if a.Is4() && !local.Addr().Is4() {
 					continue
 				}
+				if !a.Is4() && s.V6Only && local.Addr().Is4() {
+					continue
+				}
 			}
 			cands = append(cands, s)
 		}
@@ -240,6 +245,7 @@ type ScenarioSocket struct {
 	Reuseport string `json:"reuseport,omitempty"`
 	Cookie    uint64 `json:"cookie,omitempty"`
 	Mark      uint32 `json:"mark,omitempty"`
+	V6Only    bool   `json:"v6only,omitempty"`
 }
 
 // ParseScenario reads a socket table from YAML:
@@ -255,7 +261,7 @@ func ParseScenario(data []byte) (*SocketTable, error) {
 	t := NewSocketTable()
 	for i, ss := range sc.Sockets {
 		s := &Socket{Netns: ss.Netns, Proto: strings.ToLower(ss.Proto), State: SocketState(strings.ToLower(ss.State)),
-			Reuseport: ss.Reuseport, Cookie: ss.Cookie, Mark: ss.Mark}
+			Reuseport: ss.Reuseport, Cookie: ss.Cookie, Mark: ss.Mark, V6Only: ss.V6Only}
 		var err error
 		if s.Local, err = netip.ParseAddrPort(ss.Local); err != nil {
 			return nil, fmt.Errorf("socket scenario: socket %d: local: %w", i, err)

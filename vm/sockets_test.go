@@ -101,7 +101,7 @@ func TestSocketHelpersAgainstKernel(t *testing.T) {
 	var table *vm.SocketTable
 	if err := ns.Do(func() error {
 		var err error
-		table, err = vm.ReadHostSockets(nil, 0)
+		table, err = vm.ReadHostSockets(0)
 		return err
 	}); err != nil {
 		t.Fatal(err)

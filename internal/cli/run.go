@@ -127,7 +127,7 @@ func runRun(g *globals, obj string, o runOpts) error {
 		}
 		opts.Sockets = t
 	case o.hostSockets:
-		t, err := vm.ReadHostSockets(nil, 0)
+		t, err := vm.ReadHostSockets(0)
 		if err != nil {
 			return fmt.Errorf("run: --host-sockets: %w", err)
 		}

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Rebuilds the test objects; run by go generate from vm/.
 set -e
-for f in progs bench sockets; do
+for f in progs bench sockets sklookup; do
 	clang-19 -O2 -g -target bpf -I/usr/include/x86_64-linux-gnu -Wall -c testdata/$f.c -o testdata/$f.o
 done
