@@ -109,7 +109,27 @@ command exits. Most commands need root (or CAP_BPF and CAP_NET_ADMIN).`,
 	for _, add := range commandConstructors {
 		root.AddCommand(add(g))
 	}
+	refuseUnknownSubcommands(root)
 	return root
+}
+
+// refuseUnknownSubcommands makes every command group fail on an unknown
+// subcommand. Cobra only does that for the root; a group would print its
+// help and exit 0, so a typo in a script would pass silently.
+func refuseUnknownSubcommands(cmd *cobra.Command) {
+	for _, sub := range cmd.Commands() {
+		refuseUnknownSubcommands(sub)
+	}
+	if !cmd.HasSubCommands() || cmd.Runnable() || cmd == cmd.Root() {
+		return
+	}
+	cmd.Args = cobra.ArbitraryArgs
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if len(args) > 0 {
+			return fmt.Errorf("unknown command %q for %q; see %s --help", args[0], cmd.CommandPath(), cmd.CommandPath())
+		}
+		return cmd.Help()
+	}
 }
 
 // commandConstructors lists the top-level command trees. Each capability's
@@ -125,8 +145,17 @@ func resolveVersion() string {
 	if version != "" {
 		return version
 	}
-	if info, ok := debug.ReadBuildInfo(); ok && info.Main.Version != "" {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "(devel)"
+	}
+	if info.Main.Version != "" && info.Main.Version != "(devel)" {
 		return info.Main.Version
+	}
+	for _, s := range info.Settings {
+		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+			return "(devel " + s.Value[:12] + ")"
+		}
 	}
 	return "(devel)"
 }
