@@ -222,11 +222,15 @@ func (d *Dispatcher) Unload() error {
 	if err != nil {
 		return err
 	}
-	defer lock.Unlock()
 	d.Close()
 	if err := bpffs.RemoveAll(d.dir); err != nil {
+		lock.Unlock()
 		return fmt.Errorf("remove pins: %w", err)
 	}
+	lock.Unlock()
+	// Leave no empty directory behind; this fails harmlessly when a
+	// concurrent load has already created new pins.
+	os.Remove(d.base)
 	return nil
 }
 
