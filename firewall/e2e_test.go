@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -127,6 +128,17 @@ func TestE2EDenyMode(t *testing.T) {
 	clitest.JSON(t, &rules, "--netns", e.netns, "firewall", "list", e.ifname)
 	if len(rules) != 2 || rules[0].Hits == 0 || rules[1].Hits == 0 {
 		t.Errorf("list after traffic = %+v, want two rules with hits", rules)
+	}
+
+	// Hit counts survive changes to other rules.
+	e.sg(t, "firewall", "add", e.ifname, "--src", "192.0.2.0/24")
+	var after []struct {
+		Rule string `json:"rule"`
+		Hits uint64 `json:"hits"`
+	}
+	clitest.JSON(t, &after, "--netns", e.netns, "firewall", "list", e.ifname)
+	if len(after) != 3 || after[0].Hits != rules[0].Hits || after[1].Hits != rules[1].Hits {
+		t.Errorf("hits after adding a rule = %+v, want the earlier %+v carried over", after, rules)
 	}
 
 	e.sg(t, "firewall", "unload", e.ifname)
@@ -331,5 +343,41 @@ func TestE2EPinsLandInHostBpffs(t *testing.T) {
 	}
 	if _, err := net.InterfaceByName(e.ifname); err == nil {
 		t.Fatalf("the server's interface %s is visible in the test's own namespace", e.ifname)
+	}
+}
+
+// TestE2EStatsWatch runs `stats --watch` while traffic flows, interrupts it
+// as an operator would, and checks that it printed rates and exited 0.
+func TestE2EStatsWatch(t *testing.T) {
+	e := newE2E(t)
+	e.sg(t, "firewall", "load", e.ifname)
+	cmd := exec.Command(clitest.Binary(t), "--netns", e.netns, "firewall", "stats", e.ifname, "--watch", "--interval", "200ms")
+	var out strings.Builder
+	cmd.Stdout = &out
+	cmd.Stderr = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(1200 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		e.topo.Client.EchoUDP(e.udp4, []byte("tick"), 100*time.Millisecond)
+	}
+	cmd.Process.Signal(os.Interrupt)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("stats --watch after SIGINT: %v\n%s", err, out.String())
+	}
+	text := out.String()
+	if strings.Count(text, "PPS") < 3 {
+		t.Fatalf("stats --watch printed %d updates in 1.2s at 200ms, want at least 3:\n%s", strings.Count(text, "PPS"), text)
+	}
+	nonZero := false
+	for _, line := range strings.Split(text, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 6 && f[0] == "pass" && f[1] == "no-match" && f[4] != "0" {
+			nonZero = true
+		}
+	}
+	if !nonZero {
+		t.Errorf("no non-zero pass/no-match rate while traffic flowed:\n%s", text)
 	}
 }

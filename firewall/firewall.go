@@ -521,6 +521,11 @@ func (fw *firewall) replace(rules []Rule) error {
 	if err != nil {
 		return err
 	}
+	if err := fw.carryHits(next); err != nil {
+		bpffs.RemoveAll(next.dir)
+		next.Close()
+		return err
+	}
 	if err := fw.link.Update(next.prog); err != nil {
 		bpffs.RemoveAll(next.dir)
 		next.Close()
@@ -530,6 +535,44 @@ func (fw *firewall) replace(rules []Rule) error {
 	fw.gen, fw.genNum = next, fw.genNum+1
 	old.Close()
 	return bpffs.RemoveAll(old.dir)
+}
+
+// carryHits copies the hit counts of rules that survive into the next
+// generation, so changing one rule doesn't reset the others' counts. Hits
+// that land on the old generation between the copy and the swap are lost.
+func (fw *firewall) carryHits(next *generationObjects) error {
+	old, err := fw.rules()
+	if err != nil {
+		return err
+	}
+	oldIDs := make(map[Rule]uint32, len(old))
+	for i, r := range old {
+		oldIDs[r.Selector()] = uint32(i + 1)
+	}
+	nextRules := next.maps["fw_rules"]
+	clk := clockNow()
+	for id := uint32(1); id < nextRules.MaxEntries(); id++ {
+		var e firewallFwRule
+		if err := nextRules.Lookup(id, &e); err != nil {
+			return fmt.Errorf("read new rule %d: %w", id, err)
+		}
+		r, err := decodeRule(e, clk)
+		if err != nil {
+			return err
+		}
+		oldID, ok := oldIDs[r.Selector()]
+		if !ok {
+			continue
+		}
+		var perCPU []uint64
+		if err := fw.gen.maps["fw_hits"].Lookup(oldID, &perCPU); err != nil {
+			return fmt.Errorf("read hits of rule %d: %w", oldID, err)
+		}
+		if err := next.maps["fw_hits"].Put(id, perCPU); err != nil {
+			return fmt.Errorf("carry hits of rule %d: %w", oldID, err)
+		}
+	}
+	return nil
 }
 
 // clockNow samples the wall clock and the program's clock together.
