@@ -635,7 +635,9 @@ func (v *verifier) ptrALU(i int, ins asm.Instruction, aop asm.ALUOp, is64 bool, 
 	}
 	limit := uint64(maxPtrOff)
 	if p.typ != ptrMapValue {
-		limit = 0xffff // MAX_PACKET_OFF
+		// A packet pointer may go far out of the packet (the kernel
+		// only bounds the minimum); it just never gets a range then.
+		limit = 1 << 32
 	}
 	if s.umax >= limit {
 		return reg{}, v.reject(i, "unbounded-pointer-arithmetic", "variable added to %s is unbounded (%v): check its bounds first", p.typ, s)
@@ -673,9 +675,9 @@ func (v *verifier) ld(i int, ins asm.Instruction) error {
 			if off >= int64(v.p.maps[i].valueSize) {
 				return v.reject(i, "map-value-bounds", "direct value offset %d is outside map %s (value size %d)", off, v.p.maps[i].name, v.p.maps[i].valueSize)
 			}
-			return v.writeReg(i, ins.Dst, reg{typ: ptrMapValue, m: v.p.maps[i], off: off})
+			return v.writeReg(i, ins.Dst, reg{typ: ptrMapValue, mid: v.p.mapID(v.p.maps[i]), off: off})
 		case ins.IsLoadFromMap():
-			return v.writeReg(i, ins.Dst, reg{typ: constPtrMap, m: v.p.maps[i]})
+			return v.writeReg(i, ins.Dst, reg{typ: constPtrMap, mid: v.p.mapID(v.p.maps[i])})
 		case ins.Src == 0:
 			return v.writeReg(i, ins.Dst, scalarReg(constScalar(uint64(ins.Constant))))
 		}
@@ -860,13 +862,14 @@ func (v *verifier) access(i int, r asm.Register, base reg, off, size int64, writ
 		}
 		return v.ctxAccess(i, off, size, write)
 	case ptrMapValue:
-		if write && base.m.readOnly {
-			return reg{}, v.reject(i, "read-only-map", "write into read-only map %s", base.m.name)
+		m := v.p.mapTab[base.mid]
+		if write && m.readOnly {
+			return reg{}, v.reject(i, "read-only-map", "write into read-only map %s", m.name)
 		}
 		lo := base.off + off + int64(base.val.umin)
 		hi := base.off + off + int64(base.val.umax) + size
-		if lo < 0 || hi > int64(base.m.valueSize) {
-			return reg{}, v.reject(i, "map-value-bounds", "%s of %d bytes at offset [%d, %d) of map %s value (size %d) is out of bounds", verb, size, lo, hi, base.m.name, base.m.valueSize)
+		if lo < 0 || hi > int64(m.valueSize) {
+			return reg{}, v.reject(i, "map-value-bounds", "%s of %d bytes at offset [%d, %d) of map %s value (size %d) is out of bounds", verb, size, lo, hi, m.name, m.valueSize)
 		}
 		return scalarReg(loadedScalar(size)), nil
 	case ptrPacket, ptrPacketMeta:
@@ -930,12 +933,14 @@ func (v *verifier) stackAccess(i int, base reg, off, size int64, write bool, val
 	f := v.cur.frames[base.frame]
 	sp := &v.p.subprogs[f.subprog]
 	sp.maxDepth = max(sp.maxDepth, -o)
-	idx := int(o + stackSize)
-	slot := idx / 8
+	// Bytes [o, o+size) are kind[lo:hi].
+	lo, hi := int(-o-size), int(-o)
+	slot := lo / 8
+	f.grow(hi)
 	if write {
 		if size == 8 {
 			f.spill[slot] = *val
-			for k := idx; k < idx+8; k++ {
+			for k := lo; k < hi; k++ {
 				f.kind[k] = stackSpill
 			}
 			return reg{}, nil
@@ -954,12 +959,12 @@ func (v *verifier) stackAccess(i int, base reg, off, size int64, write bool, val
 		if val.val.isConst() && val.val.value()&(uint64(1)<<(8*uint(size))-1) == 0 {
 			kind = stackZero
 		}
-		for k := idx; k < idx+int(size); k++ {
+		for k := lo; k < hi; k++ {
 			f.kind[k] = kind
 		}
 		return reg{}, nil
 	}
-	if f.kind[idx] == stackSpill {
+	if f.kind[lo] == stackSpill {
 		sp := f.spill[slot]
 		if size == 8 {
 			return sp, nil
@@ -968,13 +973,15 @@ func (v *verifier) stackAccess(i int, base reg, off, size int64, write bool, val
 			return reg{}, v.reject(i, "partial-fill", "reading %d bytes of spilled pointer %s at fp%+d", size, sp.typ, o)
 		}
 		if sp.val.isConst() {
-			c := sp.val.value() >> (8 * uint(idx%8))
+			// Byte j of the spilled value sits at fp-8(slot+1)+j.
+			j := uint(8*(slot+1) + int(o))
+			c := sp.val.value() >> (8 * j)
 			return scalarReg(constScalar(c & (uint64(1)<<(8*uint(size)) - 1))), nil
 		}
 		return scalarReg(loadedScalar(size)), nil
 	}
 	zero := true
-	for k := idx; k < idx+int(size); k++ {
+	for k := lo; k < hi; k++ {
 		switch f.kind[k] {
 		case stackInvalid:
 			return reg{}, v.reject(i, "uninit-stack", "read of uninitialised stack at fp%+d (%d bytes)", o, size)

@@ -98,6 +98,7 @@ var protos = map[asm.BuiltinFunc]proto{
 	asm.FnSkFullsock:        {name: "sk_fullsock", args: [5]argKind{argSockCommon}, ret: retCastFullSock, types: tcTypes},
 	asm.FnGetSocketCookie:   {name: "get_socket_cookie", args: [5]argKind{argCtx}, types: skbTypes},
 	asm.FnGetHashRecalc:     {name: "get_hash_recalc", args: [5]argKind{argCtx}, types: tcTypes},
+	asm.FnSkbPullData:       {name: "skb_pull_data", args: [5]argKind{argCtx, argAnything}, pktChange: true, types: tcTypes},
 	asm.FnCsumDiff:          {name: "csum_diff", args: [5]argKind{argMem, argConstSizeOrZero, argMem, argConstSizeOrZero, argAnything}},
 }
 
@@ -171,7 +172,7 @@ func (v *verifier) callHelper(i int, fn asm.BuiltinFunc) error {
 			if r.typ != constPtrMap {
 				return argErr("a map")
 			}
-			mapArg = r.m
+			mapArg = v.p.mapTab[r.mid]
 			if err := v.checkMapForHelper(i, fn, p, mapArg); err != nil {
 				return err
 			}
@@ -326,10 +327,10 @@ func (v *verifier) callHelper(i int, fn asm.BuiltinFunc) error {
 			if fn != asm.FnMapLookupElem {
 				return v.reject(i, "unsupported-map", "bpf_%s on map-in-map %s is not supported", p.name, mapArg.name)
 			}
-			regs[asm.R0] = reg{typ: constPtrMapOrNull, m: mapArg.inner, id: v.newID()}
+			regs[asm.R0] = reg{typ: constPtrMapOrNull, mid: v.p.mapID(mapArg.inner), id: v.newID()}
 			break
 		}
-		regs[asm.R0] = reg{typ: ptrMapValueOrNull, m: mapArg, id: v.newID()}
+		regs[asm.R0] = reg{typ: ptrMapValueOrNull, mid: v.p.mapID(mapArg), id: v.newID()}
 	case retSockOrNull, retSockCommonOrNull, retRingbufOrNull:
 		id := v.newID()
 		t := ptrSockOrNull
@@ -388,15 +389,12 @@ func (v *verifier) checkMem(i, a int, rn asm.Register, r reg, size int64, uninit
 		f := v.cur.frames[r.frame]
 		sp := &v.p.subprogs[f.subprog]
 		sp.maxDepth = max(sp.maxDepth, -o)
-		for k := o + stackSize; k < o+stackSize+size; k++ {
+		lo, hi := int(-o-size), int(-o)
+		f.grow(hi)
+		for k := lo; k < hi; k++ {
 			if uninit {
-				if f.kind[k] == stackSpill && f.spill[k/8].typ != scalarT {
-					// The helper overwrites a spilled pointer.
-					for b := (k / 8) * 8; b < (k/8)*8+8; b++ {
-						f.kind[b] = stackMisc
-					}
-				}
 				if f.kind[k] == stackSpill {
+					// The helper overwrites (part of) a spill.
 					for b := (k / 8) * 8; b < (k/8)*8+8; b++ {
 						f.kind[b] = stackMisc
 					}
@@ -405,21 +403,22 @@ func (v *verifier) checkMem(i, a int, rn asm.Register, r reg, size int64, uninit
 				continue
 			}
 			if f.kind[k] == stackInvalid {
-				return fail("stack byte fp%+d is not initialised", k-stackSize)
+				return fail("stack byte fp%+d is not initialised", -k-1)
 			}
 			if f.kind[k] == stackSpill && f.spill[k/8].typ != scalarT {
-				return fail("stack at fp%+d holds a spilled pointer", k-stackSize)
+				return fail("stack at fp%+d holds a spilled pointer", -k-1)
 			}
 		}
 		return nil
 	case ptrMapValue:
-		if uninit && r.m.readOnly {
-			return fail("map %s is read-only", r.m.name)
+		m := v.p.mapTab[r.mid]
+		if uninit && m.readOnly {
+			return fail("map %s is read-only", m.name)
 		}
 		lo := r.off + int64(r.val.umin)
 		hi := r.off + int64(r.val.umax) + size
-		if lo < 0 || hi > int64(r.m.valueSize) {
-			return fail("access [%d, %d) is outside the %d-byte map value", lo, hi, r.m.valueSize)
+		if lo < 0 || hi > int64(m.valueSize) {
+			return fail("access [%d, %d) is outside the %d-byte map value", lo, hi, m.valueSize)
 		}
 		return nil
 	case ptrPacket, ptrPacketMeta:

@@ -327,7 +327,9 @@ func (v *verifier) pktCompare(jop asm.JumpOp, d, s reg, taken, fall *state) {
 			good = fall
 		}
 	}
-	if good == nil || ptr.off <= 0 {
+	// As the kernel's find_good_pkt_pointers: no range for pointers that
+	// may lie beyond MAX_PACKET_OFF.
+	if good == nil || ptr.off <= 0 || ptr.val.umax+uint64(ptr.off) > 0xffff {
 		return
 	}
 	good.forEachReg(func(r *reg) {

@@ -28,6 +28,8 @@ type program struct {
 	raw      []int // raw (8-byte) offset of each instruction
 	target   []int // jump or call target index, -1 when none
 	maps     []*mapInfo
+	// mapTab numbers the maps registers refer to; index 0 is unused.
+	mapTab []*mapInfo
 	subprogs []subprog
 	// subprogOf maps an instruction index to its subprog.
 	subprogOf []int
@@ -394,4 +396,18 @@ func (p *program) sourceIndex(i int) int {
 		}
 	}
 	return i
+}
+
+// mapID returns the index of m in mapTab, adding it when new.
+func (p *program) mapID(m *mapInfo) uint16 {
+	if len(p.mapTab) == 0 {
+		p.mapTab = append(p.mapTab, nil)
+	}
+	for k, x := range p.mapTab {
+		if x == m {
+			return uint16(k)
+		}
+	}
+	p.mapTab = append(p.mapTab, m)
+	return uint16(len(p.mapTab) - 1)
 }

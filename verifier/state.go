@@ -129,8 +129,10 @@ type reg struct {
 	// rng is the number of bytes past off proven inside the packet
 	// (packet pointers) — the kernel's reg->range.
 	rng int64
-	// m is the map of map pointers and map values.
-	m *mapInfo
+	// mid indexes program.mapTab: the map of map pointers and map
+	// values. (An index, not a pointer, keeps states pointer-free, so
+	// copying them needs no GC write barriers.)
+	mid uint16
 	// memSize is the size of ringbuf memory.
 	memSize int64
 	// frame is the call frame a stack pointer points into.
@@ -172,17 +174,37 @@ const stackSize = 512
 // frame is one call frame: registers and a 512-byte stack.
 type frame struct {
 	regs [11]reg
-	// kind holds one byte kind per stack byte, index 0 is fp-512.
-	kind [stackSize]byte
-	// spill holds the register spilled into each 8-byte slot (index 0 is
-	// fp-512..fp-505); valid only when all eight kind bytes are stackSpill.
-	spill [stackSize / 8]reg
+	// kind holds one byte kind per stack byte used so far: kind[k] is the
+	// byte at fp-1-k. Bytes past its end are stackInvalid. Growing it on
+	// demand keeps states as small as the stack the program uses.
+	kind []byte
+	// spill[s] is the register spilled into the slot fp-8(s+1) (bytes
+	// kind[8s..8s+7]); valid only when those bytes are stackSpill.
+	spill []reg
 	// callsite is the instruction index of the call that made this frame.
 	callsite int
 	// subprog indexes program.subprogs.
 	subprog int
 	// depth is the deepest stack byte used in this frame.
 	depth int64
+}
+
+// grow makes room for the top n bytes of the stack.
+func (f *frame) grow(n int) {
+	n = (n + 7) &^ 7
+	if n <= len(f.kind) {
+		return
+	}
+	f.kind = append(f.kind, make([]byte, n-len(f.kind))...)
+	f.spill = append(f.spill, make([]reg, n/8-len(f.spill))...)
+}
+
+// kindAt is the kind of stack byte k (fp-1-k).
+func (f *frame) kindAt(k int) byte {
+	if k < len(f.kind) {
+		return f.kind[k]
+	}
+	return stackInvalid
 }
 
 // refState is one acquired reference.
@@ -198,17 +220,16 @@ type refState struct {
 type state struct {
 	frames []*frame
 	refs   []refState
-	// path is the sequence of branch decisions taken (instruction
-	// indexes of jump targets and calls), for diagnostics.
-	path []int
 }
 
 func (s *state) cur() *frame { return s.frames[len(s.frames)-1] }
 
 func (s *state) clone() *state {
-	n := &state{frames: make([]*frame, len(s.frames)), refs: slices.Clone(s.refs), path: slices.Clone(s.path)}
+	n := &state{frames: make([]*frame, len(s.frames)), refs: slices.Clone(s.refs)}
 	for i, f := range s.frames {
 		c := *f
+		c.kind = slices.Clone(f.kind)
+		c.spill = slices.Clone(f.spill)
 		n.frames[i] = &c
 	}
 	return n
@@ -278,7 +299,7 @@ func (old *reg) covers(cur *reg, ids *idMap) bool {
 		// A new state with a larger proven range is safe.
 		return old.off == cur.off && old.rng <= cur.rng && old.val.contains(cur.val) && ids.match(old.id, cur.id)
 	default:
-		return old.off == cur.off && old.m == cur.m && old.memSize == cur.memSize && old.frame == cur.frame &&
+		return old.off == cur.off && old.mid == cur.mid && old.memSize == cur.memSize && old.frame == cur.frame &&
 			old.val.contains(cur.val) && ids.match(old.id, cur.id) && ids.match(old.ref, cur.ref)
 	}
 }
@@ -303,12 +324,14 @@ func (old *state) covers(cur *state, live []uint16) bool {
 				return false
 			}
 		}
-		for i := 0; i < stackSize; i++ {
-			if i%8 == 0 && of.kind[i] != stackSpill && *(*[8]byte)(of.kind[i : i+8]) == *(*[8]byte)(cf.kind[i : i+8]) {
+		n := max(len(of.kind), len(cf.kind))
+		for i := 0; i < n; i++ {
+			ok, ck := of.kindAt(i), cf.kindAt(i)
+			if i%8 == 0 && ok != stackSpill && i+8 <= len(of.kind) && i+8 <= len(cf.kind) &&
+				*(*[8]byte)(of.kind[i : i+8]) == *(*[8]byte)(cf.kind[i : i+8]) {
 				i += 7
 				continue
 			}
-			ok, ck := of.kind[i], cf.kind[i]
 			switch {
 			case ok == stackInvalid:
 			case ok == stackMisc && (ck == stackMisc || ck == stackZero):
