@@ -338,3 +338,28 @@ func (fw *firewall) management() ([]netip.Prefix, error) {
 func DirIn(root, ifname string) string {
 	return filepath.Join(root, bpffs.EscapeName(ifname))
 }
+
+// SetNext makes the firewall on the interface pinned under dir hand every
+// packet it passes to prog with a tail call, so two XDP capabilities can
+// share one interface (firewall first). prog must be an XDP program; nil
+// removes the chain, and passed packets go up the stack again.
+func SetNext(dir string, prog *ebpf.Program) error {
+	chain, err := ebpf.LoadPinnedMap(filepath.Join(dir, "fw_chain"), nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return ErrNotLoaded
+	}
+	if err != nil {
+		return fmt.Errorf("open chain: %w", err)
+	}
+	defer chain.Close()
+	if prog == nil {
+		if err := chain.Delete(uint32(0)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("clear chain: %w", err)
+		}
+		return nil
+	}
+	if err := chain.Put(uint32(0), prog); err != nil {
+		return fmt.Errorf("chain to program: %w", err)
+	}
+	return nil
+}

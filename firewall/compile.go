@@ -20,8 +20,8 @@ const (
 
 // maxMapEntries bounds every generation map, so a rule set that would ask
 // the kernel for an absurd amount of memory is refused before anything is
-// created.
-const maxMapEntries = 1 << 22
+// created. A variable so tests can reach it.
+var maxMapEntries = 1 << 22
 
 // Address families as the program stores them.
 const (

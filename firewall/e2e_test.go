@@ -381,3 +381,39 @@ func TestE2EStatsWatch(t *testing.T) {
 		t.Errorf("no non-zero pass/no-match rate while traffic flowed:\n%s", text)
 	}
 }
+
+// TestE2EGenericXDP attaches in generic mode, where every interface
+// supports XDP, and checks that it filters there too.
+func TestE2EGenericXDP(t *testing.T) {
+	e := newE2E(t)
+	e.sg(t, "firewall", "load", e.ifname, "--xdp-mode", "generic")
+	var st []struct {
+		XDPMode string `json:"xdp_mode"`
+	}
+	clitest.JSON(t, &st, "--netns", e.netns, "firewall", "status")
+	if len(st) != 1 || st[0].XDPMode != "generic" {
+		t.Fatalf("status after --xdp-mode generic: %+v", st)
+	}
+	e.sg(t, "firewall", "add", e.ifname, "--proto", "tcp", "--dport", "7000")
+	e.expectReach(t, "generic XDP", false, true, true)
+}
+
+// TestE2ESessionLockout pretends the command runs in an SSH session that
+// arrives on the guarded interface: a rule that would cut it is refused.
+func TestE2ESessionLockout(t *testing.T) {
+	e := newE2E(t)
+	e.sg(t, "firewall", "load", e.ifname)
+	session := fmt.Sprintf("%s 50022 %s 7000", e.topo.ClientLink.Addr4, e.topo.ServerLink.Addr4)
+	cmd := exec.Command(clitest.Binary(t), "--netns", e.netns, "firewall", "add", e.ifname, "--proto", "tcp", "--dport", "7000")
+	cmd.Env = append(os.Environ(), "SSH_CONNECTION="+session)
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "your SSH session") {
+		t.Fatalf("a rule cutting the SSH session was not refused: %v\n%s", err, out)
+	}
+	// The same rule is fine when the session arrives elsewhere.
+	cmd = exec.Command(clitest.Binary(t), "--netns", e.netns, "firewall", "add", e.ifname, "--proto", "tcp", "--dport", "7000")
+	cmd.Env = append(os.Environ(), "SSH_CONNECTION=192.0.2.1 50022 192.0.2.2 22")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("a session on another interface blocked the change: %v\n%s", err, out)
+	}
+}

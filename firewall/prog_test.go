@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 
 	"github.com/sockgate/sockgate/internal/bpffs"
 	"github.com/sockgate/sockgate/internal/nettest"
@@ -20,6 +21,7 @@ type testFirewall struct {
 	prog     *ebpf.Program
 	gen      *generationObjects
 	counters *ebpf.Map
+	chain    *ebpf.Map
 	mode     Mode
 	rules    []Rule
 }
@@ -61,7 +63,7 @@ func newTestFirewall(tb testing.TB, mode Mode, rules ...Rule) *testFirewall {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(gen.Close)
-	return &testFirewall{prog: gen.prog, gen: gen, counters: shared["fw_counters"], mode: mode, rules: rules}
+	return &testFirewall{prog: gen.prog, gen: gen, counters: shared["fw_counters"], chain: shared["fw_chain"], mode: mode, rules: rules}
 }
 
 func (fw *testFirewall) run(tb testing.TB, frame []byte) uint32 {
@@ -389,5 +391,36 @@ func TestGenerationDir(t *testing.T) {
 		if st.Mode().Perm() != bpffs.ObjectMode {
 			t.Errorf("%s has mode %v, want %v", name, st.Mode().Perm(), bpffs.ObjectMode)
 		}
+	}
+}
+
+// TestChainToNextProgram checks the tail call that lets a second XDP
+// program (the guard) run after the firewall on one interface: passed
+// packets reach it, dropped ones don't.
+func TestChainToNextProgram(t *testing.T) {
+	fw := newTestFirewall(t, Deny, mustRule(t, Rule{Src: pfx("198.18.1.0/24")}))
+	next, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.XDP,
+		License:      "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 3 /* XDP_TX */), asm.Return()},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer next.Close()
+	if err := fw.chain.Put(uint32(0), next); err != nil {
+		t.Fatal(err)
+	}
+	if got := fw.run(t, tcp4(other4, host4, 1, 2)); got != 3 {
+		t.Errorf("passed packet returned %d, want the next program's XDP_TX (3)", got)
+	}
+	if got := fw.run(t, tcp4(client4, host4, 1, 2)); got != xdpDrop {
+		t.Errorf("dropped packet returned %s, want XDP_DROP without reaching the next program", actionName(got))
+	}
+	if err := fw.chain.Delete(uint32(0)); err != nil {
+		t.Fatal(err)
+	}
+	if got := fw.run(t, tcp4(other4, host4, 1, 2)); got != xdpPass {
+		t.Errorf("with the chain cleared, passed packet returned %s", actionName(got))
 	}
 }

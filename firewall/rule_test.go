@@ -256,3 +256,12 @@ func TestSessionFlow(t *testing.T) {
 		t.Error("garbage SSH_CONNECTION parsed")
 	}
 }
+
+func TestCompileRefusesOversizedRuleSets(t *testing.T) {
+	defer func(n int) { maxMapEntries = n }(maxMapEntries)
+	maxMapEntries = 2
+	rules := []Rule{{Src: pfx("10.0.0.1/32")}, {Src: pfx("10.0.0.2/32")}, {Src: pfx("10.0.0.3/32")}}
+	if _, err := compile(rules, clockNow()); err == nil || !strings.Contains(err.Error(), "more than the limit of 2") {
+		t.Errorf("compile of 3 exact rules with a limit of 2: %v", err)
+	}
+}
