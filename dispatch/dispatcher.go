@@ -34,7 +34,6 @@ const (
 	mapMeta     = "dp_meta"
 )
 
-var pinnedMaps = []string{mapBindings, mapSockets, mapCounters, mapSpecs, mapLabels, mapMeta}
 
 // Dispatcher is a handle on the dispatcher loaded in one network namespace.
 // Its methods may be called from any goroutine except where noted: the

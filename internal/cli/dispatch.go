@@ -682,7 +682,20 @@ scrape. ADDR is a listen address in the caller's network namespace.`,
 			reg.MustRegister(dispatch.NewCollector(d))
 			mux := http.NewServeMux()
 			mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-			ln, err := net.Listen("tcp", listen)
+			// Listen from a fresh goroutine: it runs in the caller's network
+			// namespace, not the one --netns entered, so Prometheus can
+			// scrape it from the host.
+			type result struct {
+				ln  net.Listener
+				err error
+			}
+			ch := make(chan result, 1)
+			go func() {
+				ln, err := net.Listen("tcp", listen)
+				ch <- result{ln, err}
+			}()
+			r := <-ch
+			ln, err := r.ln, r.err
 			if err != nil {
 				return dispatchErr("metrics", err)
 			}
