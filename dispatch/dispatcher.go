@@ -34,7 +34,6 @@ const (
 	mapMeta     = "dp_meta"
 )
 
-
 // Dispatcher is a handle on the dispatcher loaded in one network namespace.
 // Its methods may be called from any goroutine except where noted: the
 // namespace was fixed when it was opened.
