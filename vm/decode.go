@@ -136,6 +136,10 @@ func decodeRaw(raw []byte) ([]insn, error) {
 		}
 		out[i] = in
 	}
+	// As in the kernel, control must not fall off the end.
+	if last := out[n-1].op; last != opExit && last != 0x05 && last != 0x06 {
+		return nil, fmt.Errorf("%w: last instruction is not an exit or a jump", errDecode)
+	}
 	for i := range out {
 		if err := checkInsn(out, i); err != nil {
 			return nil, fmt.Errorf("%w: insn %d (op %#02x): %v", errDecode, i, out[i].op, err)
