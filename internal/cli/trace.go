@@ -81,7 +81,7 @@ exit.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ifname := args[0]
-			urlLimit, err := parseSize(maxURL)
+			urlLimit, err := traceParseSize(maxURL)
 			if err != nil {
 				return fmt.Errorf("trace http: --max-url %q: %w", maxURL, err)
 			}
@@ -175,8 +175,8 @@ func writeTraceSummary(w io.Writer, st httptrace.Stats) {
 		a.Requests, a.Responses, a.Truncated, a.Malformed, a.Stray, a.Expired)
 }
 
-// parseSize parses a byte count such as 8192, 8KiB, 8k or 1MiB.
-func parseSize(s string) (int, error) {
+// traceParseSize parses a byte count such as 8192, 8KiB, 8k or 1MiB.
+func traceParseSize(s string) (int, error) {
 	t := strings.TrimSpace(strings.ToLower(s))
 	mult := 1
 	for _, u := range []struct {

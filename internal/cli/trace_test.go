@@ -114,15 +114,15 @@ func TestTraceHTTPCommandErrors(t *testing.T) {
 	}
 }
 
-func TestParseSize(t *testing.T) {
+func TestTraceParseSize(t *testing.T) {
 	for in, want := range map[string]int{"8192": 8192, "8KiB": 8192, "8k": 8192, "1MiB": 1 << 20, "100b": 100} {
-		if got, err := parseSize(in); err != nil || got != want {
-			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		if got, err := traceParseSize(in); err != nil || got != want {
+			t.Errorf("traceParseSize(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
 	for _, in := range []string{"", "-1", "x", "99999999999GiB", "1e3"} {
-		if _, err := parseSize(in); err == nil {
-			t.Errorf("parseSize(%q) accepted", in)
+		if _, err := traceParseSize(in); err == nil {
+			t.Errorf("traceParseSize(%q) accepted", in)
 		}
 	}
 }
