@@ -401,6 +401,7 @@ func TestChainToNextProgram(t *testing.T) {
 	fw := newTestFirewall(t, Deny, mustRule(t, Rule{Src: pfx("198.18.1.0/24")}))
 	next, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Type:         ebpf.XDP,
+		AttachType:   ebpf.AttachXDP, // a prog array only takes programs like its owner
 		License:      "GPL",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 3 /* XDP_TX */), asm.Return()},
 	})
