@@ -136,6 +136,8 @@ type XDPResult struct {
 	Action uint32
 	// Packet is the packet after the run (adjust_head/tail applied).
 	Packet []byte
+	// Meta is the XDP metadata in front of the packet (adjust_meta).
+	Meta []byte
 	// Redirect is set when the program called a redirect helper.
 	Redirect *Redirect
 }
@@ -151,7 +153,9 @@ func (p *Program) RunXDP(in XDPInput) (XDPResult, error) {
 	m.ctx = c
 	ctxp := m.addRegion(RegionContext, c.md[:], true, nil)
 	r0, err := m.exec(p, ctxp)
-	res := XDPResult{Action: uint32(r0), Packet: m.run.pkt.bytes(), Redirect: m.run.redirect}
+	pk := m.run.pkt
+	res := XDPResult{Action: uint32(r0), Packet: pk.bytes(), Redirect: m.run.redirect,
+		Meta: append([]byte(nil), pk.buf[pk.meta:pk.data]...)}
 	return res, p.eng.finish(p, m, err)
 }
 

@@ -87,7 +87,7 @@ func progsSetup(k *ebpf.Collection, e *vm.Engine) error {
 
 func TestDifferential(t *testing.T) {
 	spec := loadSpec(t, "testdata/progs.o")
-	for _, prog := range []string{"xdp_main", "tc_rewrite", "sock_filter"} {
+	for _, prog := range []string{"xdp_main", "tc_rewrite", "sock_filter", "xdp_meta", "xdp_events"} {
 		t.Run(prog, func(t *testing.T) {
 			vmtest.Compare(t, spec, prog, testFrames(t), vmtest.Options{Setup: progsSetup})
 		})
@@ -109,5 +109,42 @@ func TestDifferentialDetectsDifference(t *testing.T) {
 	}
 	if err := p.CompareMaps(); err == nil {
 		t.Fatal("CompareMaps did not report a changed map")
+	}
+}
+
+// TestRingbufAndTrace checks what xdp_events leaves behind in the vm: one
+// committed record per UDP and non-IP packet (none for the discarded TCP
+// reservation) and one trace line per packet.
+func TestRingbufAndTrace(t *testing.T) {
+	e, err := vm.LoadCollection(loadSpec(t, "testdata/progs.o"), vm.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := e.Program("xdp_events")
+	udp := nettest.NewPacket().Ethernet(macA, macB).IPv4(ipA, ipB).UDP(1, 53).Bytes()
+	tcp := nettest.NewPacket().Ethernet(macA, macB).IPv4(ipA, ipB).TCP(1, 80).Bytes()
+	arp := nettest.NewPacket().Ethernet(macA, macB).ARPRequest(macA, ipA, ipB).Bytes()
+	for _, f := range [][]byte{udp, tcp, arp} {
+		if _, err := p.RunXDP(vm.XDPInput{Packet: f}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rb, _ := e.Map("events")
+	recs, err := rb.ReadRecords()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 2 || binary.LittleEndian.Uint32(recs[0][4:]) != 1 || binary.LittleEndian.Uint32(recs[1][4:]) != 3 ||
+		int(binary.LittleEndian.Uint32(recs[0])) != len(udp) {
+		t.Fatalf("records %x", recs)
+	}
+	want := []string{"len 42 proto 17", "len 54 proto 6", "len 42 proto -1"}
+	if len(e.Trace) != 3 {
+		t.Fatalf("trace %q, want %q", e.Trace, want)
+	}
+	for i := range want {
+		if e.Trace[i] != want[i] {
+			t.Errorf("trace line %d: %q, want %q", i, e.Trace[i], want[i])
+		}
 	}
 }

@@ -125,6 +125,8 @@ type PacketResult struct {
 	Return uint32
 	// Packet is the packet after the run.
 	Packet []byte
+	// Meta is the XDP metadata in front of the packet, if any.
+	Meta []byte
 	// Redirect is set when a redirect helper was called.
 	Redirect *Redirect
 }
@@ -135,7 +137,7 @@ func (p *Program) RunPacket(frame []byte) (PacketResult, error) {
 	switch p.Type {
 	case ebpf.XDP:
 		r, err := p.RunXDP(XDPInput{Packet: frame, IngressIfindex: 1})
-		return PacketResult{Return: r.Action, Packet: r.Packet, Redirect: r.Redirect}, err
+		return PacketResult{Return: r.Action, Packet: r.Packet, Meta: r.Meta, Redirect: r.Redirect}, err
 	case ebpf.SchedCLS, ebpf.SchedACT, ebpf.SocketFilter:
 		r, err := p.RunSKB(SKBInput{Packet: frame, Ifindex: 1})
 		return PacketResult{Return: r.Return, Packet: r.Packet, Redirect: r.Redirect}, err

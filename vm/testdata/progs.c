@@ -210,9 +210,75 @@ int sock_filter(struct __sk_buff *skb)
 		return 0;
 	__u32 proto = load_byte(skb, offsetof(struct iphdr, protocol));
 	count(proto, skb->len);
-	if (proto == IPPROTO_UDP && load_half(skb, 22) == 53)
+	/* the UDP port through LD_IND: the offset is in a register */
+	__u32 ihl = (load_byte(skb, 0) & 0xf) * 4;
+	if (proto == IPPROTO_UDP && load_half(skb, ihl + 2) == 53)
 		return skb->len;
 	if (proto == IPPROTO_TCP)
 		return 40 + (load_word(skb, 200) & 0);
 	return 0;
+}
+
+/* xdp_meta: reserve 8 bytes of metadata, store the packet length there,
+ * and return the metadata length read back through data_meta. */
+SEC("xdp")
+int xdp_meta(struct xdp_md *ctx)
+{
+	if (bpf_xdp_adjust_meta(ctx, -8))
+		return XDP_ABORTED;
+	void *data = (void *)(long)ctx->data;
+	void *meta = (void *)(long)ctx->data_meta;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 *m = meta;
+	if ((void *)(m + 2) > data)
+		return XDP_ABORTED;
+	m[0] = data_end - data;
+	m[1] = 0xfeedf00d;
+	if (m[0] < 20)
+		return XDP_DROP;
+	return XDP_PASS + (data - meta == 8 ? 0 : 10);
+}
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4096);
+} events SEC(".maps");
+
+struct event {
+	__u32 len;
+	__u32 kind;
+};
+
+/* xdp_events: one ring buffer record per packet: reserved and submitted
+ * for UDP, reserved and discarded for TCP, copied with ringbuf_output
+ * otherwise; and a trace_printk line. */
+SEC("xdp")
+int xdp_events(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct iphdr *ip = parse(data, data_end);
+	__u32 len = data_end - data;
+
+	bpf_printk("len %u proto %d", len, ip ? ip->protocol : -1);
+	if (ip && ip->protocol == IPPROTO_UDP) {
+		struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+		if (!e)
+			return XDP_ABORTED;
+		e->len = len;
+		e->kind = 1;
+		bpf_ringbuf_submit(e, 0);
+		return XDP_PASS;
+	}
+	if (ip && ip->protocol == IPPROTO_TCP) {
+		struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+		if (!e)
+			return XDP_ABORTED;
+		bpf_ringbuf_discard(e, 0);
+		return XDP_DROP;
+	}
+	struct event ev = { .len = len, .kind = 3 };
+	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), 0))
+		return XDP_ABORTED;
+	return XDP_TX;
 }

@@ -134,6 +134,10 @@ func (p *Pair) CompareOne(prog string, frame []byte) error {
 		return fmt.Errorf("return value: kernel %d, vm %d", ret, res.Return)
 	}
 	kout, vout := opts.DataOut, res.Packet
+	if len(res.Meta) > 0 {
+		// BPF_PROG_TEST_RUN returns an XDP packet from data_meta.
+		vout = append(append([]byte(nil), res.Meta...), vout...)
+	}
 	if kp.Type() == ebpf.SocketFilter && len(kout) >= 14 && len(vout) >= 14 {
 		// The kernel hands a socket filter the skb from the network
 		// header and writes the Ethernet header back zeroed.
