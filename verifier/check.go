@@ -47,6 +47,9 @@ type verifier struct {
 	peakStates  int
 	totalStates int
 	curStates   int
+	// scratch space for state comparisons
+	liveBuf []uint16
+	ids     idMap
 	cache       [][]*node
 	nextID      uint32
 	queue       []pending
@@ -165,11 +168,12 @@ func (v *verifier) walk(i int) error {
 // checkCache prunes the path when a verified state at i covers it, rejects
 // a loop whose state repeats, and otherwise stores the state.
 func (v *verifier) checkCache(i int) (bool, error) {
-	live := v.p.liveMasks(v.cur, i)
+	live := v.p.liveMasks(v.cur, i, v.liveBuf[:0])
+	v.liveBuf = live
 	list := v.cache[i]
 	for k := 0; k < len(list); k++ {
 		n := list[k]
-		if !n.st.covers(v.cur, live) {
+		if !n.st.covers(v.cur, live, &v.ids) {
 			n.miss++
 			// Like the kernel, forget verified states that keep
 			// missing: dropping a cache entry only costs time.

@@ -48,39 +48,15 @@ func (v *verifier) jump(i int, ins asm.Instruction) (int, error) {
 		s = scalarReg(constScalar(c))
 	}
 	target := v.p.target[i]
-	taken, fall := v.cur.clone(), v.cur
 	takenOK, fallOK := true, true
+	// Scalar comparisons are decided on values first, so the state is
+	// copied only when both branches are possible.
+	if d.typ == scalarT && s.typ == scalarT {
+		return v.scalarJump(i, ins, jop, is32, srcReg, d.val, s.val)
+	}
+	taken, fall := v.cur.clone(), v.cur
 
 	switch {
-	case d.typ == scalarT && s.typ == scalarT:
-		a, b := d.val, s.val
-		if is32 {
-			if a.umax > math.MaxUint32 || b.umax > math.MaxUint32 || isSigned(jop) && (a.umax > math.MaxInt32 || b.umax > math.MaxInt32) {
-				// No refinement on the 32-bit view of a wider
-				// number, unless both low halves are known.
-				lo, lb := a.trunc32(), b.trunc32()
-				if lo.isConst() && lb.isConst() {
-					t := evalConst32(jop, uint32(lo.value()), uint32(lb.value()))
-					takenOK, fallOK = t, !t
-				}
-				break
-			}
-		}
-		ta, tb, ok1 := refine(jop, a, b)
-		fa, fb, ok2 := refine(negate(jop), a, b)
-		takenOK, fallOK = ok1, ok2
-		if ok1 {
-			taken.cur().regs[ins.Dst].val = ta
-			if srcReg {
-				taken.cur().regs[ins.Src].val = tb
-			}
-		}
-		if ok2 {
-			fall.cur().regs[ins.Dst].val = fa
-			if srcReg {
-				fall.cur().regs[ins.Src].val = fb
-			}
-		}
 	case is32:
 		return 0, v.reject(i, "pointer-comparison", "32-bit comparison of pointer (%s) is not supported", nonScalarType(d, s))
 	case s.typ == scalarT && s.val.isConst() && s.val.value() == 0 && (jop == asm.JEq || jop == asm.JNE):
@@ -116,6 +92,54 @@ func (v *verifier) jump(i int, ins asm.Instruction) (int, error) {
 		return target, nil
 	}
 	if fallOK {
+		return i + 1, nil
+	}
+	// Both impossible: the state itself is contradictory; end the path.
+	return -1, nil
+}
+
+// scalarJump handles a comparison of two numbers.
+func (v *verifier) scalarJump(i int, ins asm.Instruction, jop asm.JumpOp, is32, srcReg bool, a, b scalar) (int, error) {
+	target := v.p.target[i]
+	takenOK, fallOK := true, true
+	var ta, tb, fa, fb scalar
+	refined := true
+	if is32 && (a.umax > math.MaxUint32 || b.umax > math.MaxUint32 || isSigned(jop) && (a.umax > math.MaxInt32 || b.umax > math.MaxInt32)) {
+		// No refinement on the 32-bit view of a wider number, unless
+		// both low halves are known.
+		refined = false
+		lo, lb := a.trunc32(), b.trunc32()
+		if lo.isConst() && lb.isConst() {
+			t := evalConst32(jop, uint32(lo.value()), uint32(lb.value()))
+			takenOK, fallOK = t, !t
+		}
+	} else {
+		ta, tb, takenOK = refine(jop, a, b)
+		fa, fb, fallOK = refine(negate(jop), a, b)
+	}
+	apply := func(st *state, x, y scalar) {
+		if !refined {
+			return
+		}
+		st.cur().regs[ins.Dst].val = x
+		if srcReg {
+			st.cur().regs[ins.Src].val = y
+		}
+	}
+	switch {
+	case takenOK && fallOK:
+		taken := v.cur.clone()
+		apply(taken, ta, tb)
+		apply(v.cur, fa, fb)
+		v.fork(taken, target)
+		v.addPath(i + 1)
+		return i + 1, nil
+	case takenOK:
+		apply(v.cur, ta, tb)
+		v.addPath(target)
+		return target, nil
+	case fallOK:
+		apply(v.cur, fa, fb)
 		return i + 1, nil
 	}
 	// Both impossible: the state itself is contradictory; end the path.

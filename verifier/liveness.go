@@ -106,8 +106,8 @@ func (p *program) computeLiveness() {
 
 // liveMasks returns, for each frame of st at instruction i, the registers
 // that may still be read.
-func (p *program) liveMasks(st *state, i int) []uint16 {
-	masks := make([]uint16, len(st.frames))
+func (p *program) liveMasks(st *state, i int, buf []uint16) []uint16 {
+	masks := append(buf, make([]uint16, len(st.frames))...)
 	top := len(st.frames) - 1
 	masks[top] = p.liveIn[i]
 	for k := 0; k < top; k++ {

@@ -24,12 +24,12 @@ type subprog struct {
 // instruction indexes (one per asm.Instruction, so a 16-byte load is one
 // index) with raw offsets, resolved jump and call targets and map info.
 type program struct {
-	insns    asm.Instructions
-	raw      []int // raw (8-byte) offset of each instruction
-	target   []int // jump or call target index, -1 when none
-	maps     []*mapInfo
+	insns  asm.Instructions
+	raw    []int // raw (8-byte) offset of each instruction
+	target []int // jump or call target index, -1 when none
+	maps   []*mapInfo
 	// mapTab numbers the maps registers refer to; index 0 is unused.
-	mapTab []*mapInfo
+	mapTab   []*mapInfo
 	subprogs []subprog
 	// subprogOf maps an instruction index to its subprog.
 	subprogOf []int

@@ -306,11 +306,11 @@ func (old *reg) covers(cur *reg, ids *idMap) bool {
 
 // covers reports whether state old subsumes cur; live holds the registers
 // of each frame that may still be read.
-func (old *state) covers(cur *state, live []uint16) bool {
+func (old *state) covers(cur *state, live []uint16, ids *idMap) bool {
 	if len(old.frames) != len(cur.frames) || len(old.refs) != len(cur.refs) {
 		return false
 	}
-	ids := &idMap{pairs: make([][2]uint32, 0, 8)}
+	ids.pairs = ids.pairs[:0]
 	for fi := range old.frames {
 		of, cf := old.frames[fi], cur.frames[fi]
 		if of.callsite != cf.callsite {
