@@ -50,9 +50,9 @@ type verifier struct {
 	// scratch space for state comparisons
 	liveBuf []uint16
 	ids     idMap
-	cache       [][]*node
-	nextID      uint32
-	queue       []pending
+	cache   [][]*node
+	nextID  uint32
+	queue   []pending
 
 	// current path
 	cur    *state
