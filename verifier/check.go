@@ -875,6 +875,13 @@ func (v *verifier) access(i int, r asm.Register, base reg, off, size int64, writ
 		if lo < 0 || hi > int64(m.valueSize) {
 			return reg{}, v.reject(i, "map-value-bounds", "%s of %d bytes at offset [%d, %d) of map %s value (size %d) is out of bounds", verb, size, lo, hi, m.name, m.valueSize)
 		}
+		if !write && m.data != nil && base.val.isConst() && hi-lo == size {
+			var c uint64
+			for k := hi - 1; k >= lo; k-- {
+				c = c<<8 | uint64(m.data[k])
+			}
+			return scalarReg(constScalar(c)), nil
+		}
 		return scalarReg(loadedScalar(size)), nil
 	case ptrPacket, ptrPacketMeta:
 		if write && !v.canWritePacket() {

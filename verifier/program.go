@@ -176,6 +176,11 @@ func resolveMap(ins asm.Instruction, maps map[string]*ebpf.MapSpec, cache map[st
 	setKind(info, ms.Type)
 	// BPF_F_RDONLY_PROG: .rodata and other maps the program can't write.
 	info.readOnly = ms.Flags&0x80 != 0
+	if info.readOnly && ms.Type == ebpf.Array && len(ms.Contents) == 1 {
+		if b, ok := ms.Contents[0].Value.([]byte); ok && len(b) == int(ms.ValueSize) {
+			info.data = b
+		}
+	}
 	if (ms.Type == ebpf.ArrayOfMaps || ms.Type == ebpf.HashOfMaps) && ms.InnerMap != nil {
 		in := ms.InnerMap
 		info.inner = &mapInfo{name: name + ".inner", typ: in.Type.String(), keySize: in.KeySize, valueSize: in.ValueSize, readOnly: in.Flags&0x80 != 0}

@@ -110,6 +110,9 @@ type mapInfo struct {
 	readOnly bool
 	// inner is the inner map of a map-in-map (array or hash of maps).
 	inner *mapInfo
+	// data is the frozen content of a read-only array (.rodata): the
+	// kernel reads constants from it, and so do we.
+	data []byte
 }
 
 // reg is the abstract value of one register or spilled stack slot.
