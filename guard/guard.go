@@ -92,6 +92,8 @@ type Options struct {
 	// in its slot 0 (the firewall runs first and tail-calls the guard)
 	// instead of being attached to the interface.
 	FirewallChain string
+	// Rules is the initial policy, in force from the first packet.
+	Rules []Rule
 
 	// legacyTC forces clsact through netlink even where tcx exists, so
 	// tests cover the fallback.
@@ -155,7 +157,7 @@ func Load(dir, ifname string, opts Options) error {
 		return fmt.Errorf("already loaded on %s; run `sockgate guard unload %s` first", ifname, ifname)
 	}
 
-	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(dir)+".tmp-")
+	tmp, err := os.MkdirTemp(parent, "tmp-"+filepath.Base(dir)+"-")
 	if err != nil {
 		return fmt.Errorf("create %s: %w", parent, err)
 	}
@@ -211,6 +213,26 @@ func Load(dir, ifname string, opts Options) error {
 		}
 	}
 
+	// Settings and the initial policy go in before the program is attached,
+	// so it never judges a packet with less than the requested policy.
+	if err := objs.GuardSettings.Update(uint32(0), cfg, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write settings: %w", err)
+	}
+	if len(opts.Rules) > 0 {
+		c, err := compile(opts.Rules, 0)
+		if err != nil {
+			return err
+		}
+		g := &Guard{dir: dir, settings: objs.GuardSettings, ports: objs.GuardPorts, policy: objs.GuardPolicy, rule: objs.GuardRules}
+		if err := g.writeGeneration(0, opts.Rules, c); err != nil {
+			return fmt.Errorf("write policy: %w", err)
+		}
+		cfg.Nrules[0] = uint32(len(opts.Rules))
+		if err := objs.GuardSettings.Update(uint32(0), cfg, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("write settings: %w", err)
+		}
+	}
+
 	// Attach. Each attachment is pinned (a link, or the program for the
 	// netlink fallback and the firewall chain) so it outlives this process.
 	var attach uint32
@@ -258,8 +280,6 @@ func Load(dir, ifname string, opts Options) error {
 		attach |= bits | attachEgress
 	}
 	cfg.Attach = attach
-	// The maps start zeroed: generation 0 has no rules, so until this write
-	// the program already judges with an empty policy.
 	if err := objs.GuardSettings.Update(uint32(0), cfg, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write settings: %w", err)
 	}
