@@ -61,7 +61,9 @@ func (c clock) fromBoot(ns uint64) time.Time {
 	if ns == 0 {
 		return time.Time{}
 	}
-	return c.wall.Add(time.Duration(ns) - c.boot).Round(time.Second)
+	// Full precision: rounding here would make `list` call a rule live
+	// for up to half a second after the kernel stopped matching it.
+	return c.wall.Add(time.Duration(ns) - c.boot)
 }
 
 // later returns the later of two expiries, where 0 means never.
