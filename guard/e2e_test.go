@@ -396,3 +396,69 @@ func TestEndToEndApplyAndBadInput(t *testing.T) {
 		t.Errorf("rules after apply:\n%s", out)
 	}
 }
+
+func TestEndToEndXDP(t *testing.T) {
+	top := nettest.NewTopology(t)
+	srv, cl := top.ServerLink, top.ClientLink
+	allowed := top.Server.TCPEchoServer(t, netip.AddrPortFrom(srv.Addr4, 0))
+	denied := top.Server.TCPEchoServer(t, netip.AddrPortFrom(srv.Addr4, 0))
+	before, err := cl.NS.DialTCP(denied, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer before.Close()
+
+	mustSockgate(t, guardOn(srv, "guard", "load", srv.Name, "--xdp")...)
+	t.Cleanup(func() { sockgate(t, guardOn(srv, "guard", "unload", srv.Name)...) })
+	mustSockgate(t, guardOn(srv, "guard", "allow", srv.Name, "--from", cl.Prefix4.String(), "--proto", "tcp", "--port", fmt.Sprint(allowed.Port()))...)
+	out := mustSockgate(t, guardOn(srv, "guard", "stats", srv.Name)...)
+	if !strings.Contains(out, "xdp,") {
+		t.Errorf("stats does not show the XDP hook:\n%s", out)
+	}
+	expectEcho(t, cl.NS, allowed)
+	expectTimeout(t, cl.NS, denied)
+	if err := roundTrip(before, "xdp"); err != nil {
+		t.Errorf("established connection broke under XDP: %v", err)
+	}
+	// ARP keeps working: flush the client's neighbour entry and connect.
+	cl.NS.Exec(t, "ip", "neigh", "flush", "dev", cl.Name)
+	expectEcho(t, cl.NS, allowed)
+}
+
+// TestEndToEndXDPChainWithFirewall loads the firewall and then the guard
+// at XDP on one interface: the guard goes into the firewall's chain, the
+// firewall judges first, and unloading the guard empties the slot.
+func TestEndToEndXDPChainWithFirewall(t *testing.T) {
+	top := nettest.NewTopology(t)
+	srv, cl := top.ServerLink, top.ClientLink
+	allowed := top.Server.TCPEchoServer(t, netip.AddrPortFrom(srv.Addr4, 0))
+	denied := top.Server.TCPEchoServer(t, netip.AddrPortFrom(srv.Addr4, 0))
+
+	mustSockgate(t, guardOn(srv, "firewall", "load", srv.Name, "--mode", "deny")...)
+	t.Cleanup(func() { sockgate(t, guardOn(srv, "firewall", "unload", srv.Name)...) })
+	mustSockgate(t, guardOn(srv, "guard", "load", srv.Name, "--xdp")...)
+	t.Cleanup(func() { sockgate(t, guardOn(srv, "guard", "unload", srv.Name)...) })
+	mustSockgate(t, guardOn(srv, "guard", "allow", srv.Name, "--from", cl.Prefix4.String(), "--proto", "tcp", "--port", fmt.Sprint(allowed.Port()))...)
+	out := mustSockgate(t, guardOn(srv, "guard", "stats", srv.Name)...)
+	if !strings.Contains(out, "firewall chain") {
+		t.Errorf("the guard did not join the firewall's chain:\n%s", out)
+	}
+	expectEcho(t, cl.NS, allowed)
+	expectTimeout(t, cl.NS, denied)
+	s := stats(t, srv)
+	if s["new-allowed"][0] == 0 || s["new-denied"][1] == 0 {
+		t.Errorf("the guard saw no traffic through the chain: %v", s)
+	}
+
+	// The firewall runs first: its deny rule wins over the guard's allow.
+	mustSockgate(t, guardOn(srv, "firewall", "add", srv.Name, "--src", cl.Addr4.String())...)
+	expectTimeout(t, cl.NS, allowed)
+	mustSockgate(t, guardOn(srv, "firewall", "del", srv.Name, "--src", cl.Addr4.String())...)
+	expectEcho(t, cl.NS, allowed)
+
+	// Unloading the guard empties the chain slot: the firewall passes
+	// everything it doesn't deny again.
+	mustSockgate(t, guardOn(srv, "guard", "unload", srv.Name)...)
+	expectEcho(t, cl.NS, denied)
+}
+
