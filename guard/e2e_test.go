@@ -461,4 +461,3 @@ func TestEndToEndXDPChainWithFirewall(t *testing.T) {
 	mustSockgate(t, guardOn(srv, "guard", "unload", srv.Name)...)
 	expectEcho(t, cl.NS, denied)
 }
-
