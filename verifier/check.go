@@ -133,9 +133,6 @@ func (v *verifier) run() error {
 	return nil
 }
 
-// refMark remembers where on the path each reference was acquired.
-type refMark struct{}
-
 // walk explores one path from instruction i until it exits or is pruned.
 func (v *verifier) walk(i int) error {
 	for {
@@ -289,13 +286,16 @@ func (v *verifier) alu(i int, ins asm.Instruction) error {
 		if width != 16 && width != 32 && width != 64 {
 			return v.reject(i, "invalid-insn", "byte swap width %d", width)
 		}
+		// ALU64 END is the unconditional bswap of BPF v4; in the ALU
+		// class it converts to big (swap) or little (truncate) endian.
+		swap := op.Endianness() == asm.BE || is64
 		var res scalar
 		switch {
 		case d.val.isConst():
-			res = constScalar(swapConst(d.val.value(), int(width), op.Endianness() == asm.BE || !is64 && false))
-		case op.Endianness() == asm.LE && width == 64:
+			res = constScalar(swapConst(d.val.value(), int(width), swap))
+		case !swap && width == 64:
 			res = d.val
-		case op.Endianness() == asm.LE:
+		case !swap:
 			res = d.val.and(constScalar(1<<uint(width) - 1))
 		default:
 			res = rangeScalar(uint64(1)<<uint(width) - 1)

@@ -19,8 +19,13 @@ type corpusCase struct {
 	insns asm.Instructions
 	// rule is the expected rejection rule, "" for accept.
 	rule string
-	// maps needed: "jmp" (prog array) and "rb" (ringbuf) by reference.
+	// maps needed: "jmp" (prog array), "rb" (ringbuf), "arr" (array) by
+	// reference.
 	maps []string
+	// stricter marks a deliberate difference: this verifier rejects
+	// what the kernel accepts for privileged loaders (reading
+	// uninitialised stack).
+	stricter bool
 }
 
 // lookup emits a bpf_sk_lookup_tcp (or another lookup helper) of an
@@ -180,6 +185,69 @@ func regressions() []corpusCase {
 	}
 }
 
+// safetyCases cover stage 1 (control flow) and the general rules of
+// stage 2, each also checked against the kernel.
+func safetyCases() []corpusCase {
+	sf := ebpf.SocketFilter
+	raw := func(op asm.OpCode, off int16) asm.Instruction { return asm.Instruction{OpCode: op, Offset: off} }
+	ja := asm.Ja.Op(asm.ImmSource)
+	return []corpusCase{
+		{name: "jump-out-of-range", typ: sf, rule: "jump-out-of-range", insns: ins(asm.Mov.Imm(asm.R0, 0), raw(ja, 5), asm.Return())},
+		{name: "jump-backwards-out-of-range", typ: sf, rule: "jump-out-of-range", insns: ins(asm.Mov.Imm(asm.R0, 0), raw(ja, -3), asm.Return())},
+		{name: "jump-into-ld-imm64", typ: sf, rule: "jump-into-ld-imm64", insns: ins(raw(ja, 1), asm.LoadImm(asm.R0, 1<<40, asm.DWord), asm.Return())},
+		{name: "unreachable-insn", typ: sf, rule: "unreachable-insn", insns: ins(asm.Mov.Imm(asm.R0, 0), asm.Return(), asm.Mov.Imm(asm.R0, 1), asm.Return())},
+		{name: "falls-off-the-end", typ: sf, rule: "fall-through", insns: ins(asm.Mov.Imm(asm.R0, 0))},
+		{name: "recursion", typ: sf, rule: "recursive-call", insns: ins(asm.Call.Label("f"), asm.Return(), asm.Call.Label("f").WithSymbol("f"), asm.Return())},
+		{name: "bounded-loop", typ: sf, insns: ins(asm.Mov.Imm(asm.R1, 0), asm.Add.Imm(asm.R1, 1).WithSymbol("loop"), asm.JLT.Imm(asm.R1, 10, "loop"),
+			asm.Mov.Imm(asm.R0, 0), asm.Return())},
+		{name: "infinite-loop", typ: sf, rule: "unbounded-loop", insns: ins(asm.Mov.Imm(asm.R0, 0), asm.JEq.Imm(asm.R0, 0, "loop").WithSymbol("loop"), asm.Return())},
+		// (A loop that counts an unknown number down is rejected too,
+		// but the kernel needs a million instructions to say so.)
+		{name: "loop-on-unchanged-unknown", typ: sf, rule: "unbounded-loop", insns: ins(asm.FnGetPrandomU32.Call(), asm.Mov.Reg(asm.R1, asm.R0),
+			asm.Mov.Imm(asm.R2, 0).WithSymbol("loop"), asm.JNE.Imm(asm.R1, 0, "loop"), asm.Mov.Imm(asm.R0, 0), asm.Return())},
+		{name: "combined-stack-too-deep", typ: sf, rule: "stack-too-deep", insns: ins(stDW(asm.RFP, -512, 0), asm.Call.Label("f"), asm.Mov.Imm(asm.R0, 0), asm.Return(),
+			stDW(asm.RFP, -64, 0).WithSymbol("f"), asm.Mov.Imm(asm.R0, 0), asm.Return())},
+		{name: "stack-within-limit-across-calls", typ: sf, insns: ins(stDW(asm.RFP, -256, 0), asm.Call.Label("f"), asm.Mov.Imm(asm.R0, 0), asm.Return(),
+			stDW(asm.RFP, -64, 0).WithSymbol("f"), asm.Mov.Imm(asm.R0, 0), asm.Return())},
+		{name: "uninitialised-register", typ: sf, rule: "uninit-register", insns: ins(asm.Mov.Reg(asm.R0, asm.R2), asm.Return())},
+		{name: "uninitialised-r0-at-exit", typ: sf, rule: "uninit-register", insns: ins(asm.Return())},
+		{name: "frame-pointer-is-read-only", typ: sf, rule: "frame-pointer-write", insns: ins(asm.Mov.Imm(asm.RFP, 0), asm.Mov.Imm(asm.R0, 0), asm.Return())},
+		{name: "stack-out-of-bounds", typ: sf, rule: "stack-bounds", insns: ins(stDW(asm.RFP, -520, 0), asm.Mov.Imm(asm.R0, 0), asm.Return())},
+		{name: "stack-above-frame", typ: sf, rule: "stack-bounds", insns: ins(stDW(asm.RFP, 0, 0), asm.Mov.Imm(asm.R0, 0), asm.Return())},
+		{name: "partial-pointer-spill", typ: sf, rule: "partial-spill", insns: ins(asm.StoreMem(asm.RFP, -8, asm.R1, asm.Word), asm.Mov.Imm(asm.R0, 0), asm.Return())},
+		{name: "spill-and-fill-ctx", typ: sf, insns: ins(asm.StoreMem(asm.RFP, -8, asm.R1, asm.DWord), asm.LoadMem(asm.R2, asm.RFP, -8, asm.DWord),
+			asm.LoadMem(asm.R0, asm.R2, 0, asm.Word), asm.Return())},
+		{name: "xdp-packet-read-unchecked", typ: ebpf.XDP, rule: "packet-bounds", insns: ins(asm.LoadMem(asm.R2, asm.R1, 0, asm.Word),
+			asm.LoadMem(asm.R0, asm.R2, 0, asm.Byte), asm.Return())},
+		{name: "xdp-packet-read-checked", typ: ebpf.XDP, insns: ins(asm.LoadMem(asm.R2, asm.R1, 0, asm.Word), asm.LoadMem(asm.R3, asm.R1, 4, asm.Word),
+			asm.Mov.Reg(asm.R4, asm.R2), asm.Add.Imm(asm.R4, 14), asm.Mov.Imm(asm.R0, 1), asm.JGT.Reg(asm.R4, asm.R3, "out"),
+			asm.LoadMem(asm.R0, asm.R2, 12, asm.Half), asm.Mov.Imm(asm.R0, 2), asm.Return().WithSymbol("out"))},
+		{name: "xdp-packet-read-past-check", typ: ebpf.XDP, rule: "packet-bounds", insns: ins(asm.LoadMem(asm.R2, asm.R1, 0, asm.Word), asm.LoadMem(asm.R3, asm.R1, 4, asm.Word),
+			asm.Mov.Reg(asm.R4, asm.R2), asm.Add.Imm(asm.R4, 14), asm.Mov.Imm(asm.R0, 1), asm.JGT.Reg(asm.R4, asm.R3, "out"),
+			asm.LoadMem(asm.R0, asm.R2, 13, asm.Half), asm.Mov.Imm(asm.R0, 2), asm.Return().WithSymbol("out"))},
+		{name: "xdp-packet-variable-offset", typ: ebpf.XDP, insns: ins(asm.LoadMem(asm.R2, asm.R1, 0, asm.Word), asm.LoadMem(asm.R3, asm.R1, 4, asm.Word),
+			asm.Mov.Reg(asm.R4, asm.R2), asm.Add.Imm(asm.R4, 1), asm.Mov.Imm(asm.R0, 1), asm.JGT.Reg(asm.R4, asm.R3, "out"),
+			asm.LoadMem(asm.R5, asm.R2, 0, asm.Byte), asm.And.Imm(asm.R5, 63), asm.Add.Reg(asm.R2, asm.R5),
+			asm.Mov.Reg(asm.R4, asm.R2), asm.Add.Imm(asm.R4, 4), asm.JGT.Reg(asm.R4, asm.R3, "out"),
+			asm.LoadMem(asm.R0, asm.R2, 0, asm.Word), asm.Mov.Imm(asm.R0, 2), asm.Return().WithSymbol("out"))},
+		{name: "xdp-context-write", typ: ebpf.XDP, rule: "ctx-access", insns: ins(asm.StoreImm(asm.R1, 12, 0, asm.Word), asm.Mov.Imm(asm.R0, 2), asm.Return())},
+		{name: "tc-mark-write", typ: ebpf.SchedCLS, insns: ins(asm.StoreImm(asm.R1, 8, 1, asm.Word), asm.Mov.Imm(asm.R0, 0), asm.Return())},
+		{name: "tc-len-write", typ: ebpf.SchedCLS, rule: "ctx-access", insns: ins(asm.StoreImm(asm.R1, 0, 1, asm.Word), asm.Mov.Imm(asm.R0, 0), asm.Return())},
+		{name: "map-value-needs-null-check", typ: sf, rule: "null-check", maps: []string{"arr"}, insns: ins(stDW(asm.RFP, -8, 0),
+			asm.LoadMapPtr(asm.R1, 0).WithReference("arr"), asm.Mov.Reg(asm.R2, asm.RFP), asm.Add.Imm(asm.R2, -8), asm.FnMapLookupElem.Call(),
+			asm.LoadMem(asm.R0, asm.R0, 0, asm.DWord), asm.Return())},
+		{name: "map-value-in-bounds", typ: sf, maps: []string{"arr"}, insns: ins(stDW(asm.RFP, -8, 0),
+			asm.LoadMapPtr(asm.R1, 0).WithReference("arr"), asm.Mov.Reg(asm.R2, asm.RFP), asm.Add.Imm(asm.R2, -8), asm.FnMapLookupElem.Call(),
+			asm.JEq.Imm(asm.R0, 0, "out"), asm.LoadMem(asm.R0, asm.R0, 8, asm.DWord), asm.Mov.Imm(asm.R0, 0).WithSymbol("out"), asm.Return())},
+		{name: "map-value-out-of-bounds", typ: sf, rule: "map-value-bounds", maps: []string{"arr"}, insns: ins(stDW(asm.RFP, -8, 0),
+			asm.LoadMapPtr(asm.R1, 0).WithReference("arr"), asm.Mov.Reg(asm.R2, asm.RFP), asm.Add.Imm(asm.R2, -8), asm.FnMapLookupElem.Call(),
+			asm.JEq.Imm(asm.R0, 0, "out"), asm.LoadMem(asm.R0, asm.R0, 12, asm.DWord), asm.Mov.Imm(asm.R0, 0).WithSymbol("out"), asm.Return())},
+		{name: "map-key-uninitialised", typ: sf, rule: "helper-arg", stricter: true, maps: []string{"arr"}, insns: ins(
+			asm.LoadMapPtr(asm.R1, 0).WithReference("arr"), asm.Mov.Reg(asm.R2, asm.RFP), asm.Add.Imm(asm.R2, -8), asm.FnMapLookupElem.Call(),
+			asm.Mov.Imm(asm.R0, 0), asm.Return())},
+	}
+}
+
 // kernelLoad loads the case into the kernel and returns the verifier's
 // error (nil when accepted).
 func kernelLoad(t *testing.T, c corpusCase, insns asm.Instructions) error {
@@ -191,6 +259,8 @@ func kernelLoad(t *testing.T, c corpusCase, insns asm.Instructions) error {
 			spec = &ebpf.MapSpec{Type: ebpf.ProgramArray, KeySize: 4, ValueSize: 4, MaxEntries: 1}
 		case "rb":
 			spec = &ebpf.MapSpec{Type: ebpf.RingBuf, MaxEntries: 4096}
+		case "arr":
+			spec = &ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 16, MaxEntries: 4}
 		}
 		m, err := ebpf.NewMap(spec)
 		if err != nil {
@@ -213,13 +283,15 @@ func kernelLoad(t *testing.T, c corpusCase, insns asm.Instructions) error {
 }
 
 func TestCorpus(t *testing.T) {
-	for _, c := range append(corpus(), regressions()...) {
+	cases := append(corpus(), regressions()...)
+	for _, c := range append(cases, safetyCases()...) {
 		t.Run(c.name, func(t *testing.T) {
 			insns := make(asm.Instructions, len(c.insns))
 			copy(insns, c.insns)
 			maps := map[string]*ebpf.MapSpec{
 				"jmp": {Name: "jmp", Type: ebpf.ProgramArray, KeySize: 4, ValueSize: 4, MaxEntries: 1},
 				"rb":  {Name: "rb", Type: ebpf.RingBuf, MaxEntries: 4096},
+				"arr": {Name: "arr", Type: ebpf.Array, KeySize: 4, ValueSize: 16, MaxEntries: 4},
 			}
 			_, err := Verify(&ebpf.ProgramSpec{Name: c.name, Type: c.typ, Instructions: insns}, &Options{Maps: maps})
 			rej, isRej := IsRejection(err)
@@ -238,7 +310,7 @@ func TestCorpus(t *testing.T) {
 				t.Logf("verifier: %v", err)
 			}
 			kerr := kernelLoad(t, c, insns)
-			if (kerr == nil) != (c.rule == "") {
+			if (kerr == nil) != (c.rule == "" || c.stricter) {
 				var ve *ebpf.VerifierError
 				msg := ""
 				if errors.As(kerr, &ve) {

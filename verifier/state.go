@@ -188,8 +188,6 @@ type frame struct {
 	callsite int
 	// subprog indexes program.subprogs.
 	subprog int
-	// depth is the deepest stack byte used in this frame.
-	depth int64
 }
 
 // grow makes room for the top n bytes of the stack.
