@@ -38,6 +38,8 @@ type program struct {
 	backEdges map[int]int
 	// pruneAt marks instructions where states are cached: jump targets.
 	pruneAt []bool
+	// byRaw maps raw offsets to instruction indexes.
+	byRaw map[int]int
 	// liveIn is the set of registers (bit per register) that may be read
 	// before being written, from each instruction on.
 	liveIn []uint16
@@ -83,6 +85,7 @@ func newProgram(spec *ebpf.ProgramSpec, typ ebpf.ProgramType, maps map[string]*e
 		off += int(ins.Size() / asm.InstructionSize)
 	}
 	rawLen := off
+	p.byRaw = byRaw
 	p.target = make([]int, n)
 	p.maps = make([]*mapInfo, n)
 	mapsByName := map[string]*mapInfo{}
@@ -415,4 +418,23 @@ func (p *program) mapID(m *mapInfo) uint16 {
 	}
 	p.mapTab = append(p.mapTab, m)
 	return uint16(len(p.mapTab) - 1)
+}
+
+// pathLines renders the source line of each path entry.
+func (p *program) pathLines(path []int) []string {
+	if len(path) == 0 {
+		return nil
+	}
+	out := make([]string, len(path))
+	any := false
+	for k, raw := range path {
+		if i, ok := p.byRaw[raw]; ok {
+			out[k] = lineOf(p.insns[p.sourceIndex(i)])
+			any = any || out[k] != ""
+		}
+	}
+	if !any {
+		return nil
+	}
+	return out
 }

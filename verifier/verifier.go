@@ -85,8 +85,12 @@ type Rejection struct {
 	// Line is "file:line" from BTF line info, when available.
 	Line string `json:"line,omitempty"`
 	// Path is the sequence of raw instruction offsets of the branches
-	// taken to reach Insn (jump targets and function entries).
+	// taken to reach Insn (jump targets and function entries); -1 stands
+	// for the program's exit.
 	Path []int `json:"path,omitempty"`
+	// PathLines gives the file:line of each Path entry where BTF line
+	// info has one ("" otherwise).
+	PathLines []string `json:"path_lines,omitempty"`
 	// Msg explains the rejection.
 	Msg string `json:"message"`
 }
@@ -173,9 +177,13 @@ func Verify(spec *ebpf.ProgramSpec, opts *Options) (*Result, error) {
 	}
 	start := time.Now()
 	res := &Result{Program: spec.Name, Type: typ.String(), Insns: int(spec.Instructions.Size() / asm.InstructionSize)}
+	var prog *program
 	setName := func(err error) error {
 		if r, ok := IsRejection(err); ok {
 			r.Program = spec.Name
+			if prog != nil {
+				r.PathLines = prog.pathLines(r.Path)
+			}
 		}
 		return err
 	}
@@ -187,6 +195,7 @@ func Verify(spec *ebpf.ProgramSpec, opts *Options) (*Result, error) {
 	if err != nil {
 		return nil, setName(err)
 	}
+	prog = p
 	maxInsns := opts.MaxInsns
 	if maxInsns <= 0 {
 		maxInsns = 1_000_000

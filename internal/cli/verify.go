@@ -131,6 +131,20 @@ func printVerifyReport(w io.Writer, rep *verifier.CollectionReport) error {
 		}
 		if len(r.Path) > 0 {
 			fmt.Fprintf(w, "  path: %s\n", verifier.FormatPath(r.Path))
+			if len(r.PathLines) == len(r.Path) {
+				steps := make([]string, len(r.Path))
+				for k, raw := range r.Path {
+					switch {
+					case raw < 0:
+						steps[k] = "exit"
+					case r.PathLines[k] != "":
+						steps[k] = fmt.Sprintf("%d (%s)", raw, r.PathLines[k])
+					default:
+						steps[k] = fmt.Sprint(raw)
+					}
+				}
+				fmt.Fprintf(w, "  source path: %s\n", strings.Join(steps, " -> "))
+			}
 		}
 	}
 	if len(rep.Accepted) == 0 && len(rep.Rejected) == 0 {
