@@ -1,8 +1,10 @@
 package dispatch
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"sort"
 	"unsafe"
 )
 
@@ -24,8 +26,14 @@ const (
 	flagReplace     = 1 << 1
 )
 
-// keyFixedBits is DP_KEY_FIXED_BITS: protocol, family, port and ifindex.
-const keyFixedBits = 64
+// Marker entries (DP_MARKER in dispatch.c): per protocol and family, the
+// prefix lengths in use, longest first, 12 to an entry.
+const (
+	markerBase    = 0x100
+	maxMarkers    = 11
+	lensPerMarker = 12
+	lenEnd        = 0xff
+)
 
 // layoutVersion is stored in dp_meta at load; upgrade refuses an object
 // whose maps are laid out differently.
@@ -56,10 +64,10 @@ func addrFrom(fam uint8, b [16]uint8) netip.Addr {
 	return netip.AddrFrom16(b)
 }
 
-// newTrieKey is the trie key of a binding for one port (0: all ports).
+// newTrieKey is the table key of a binding for one port (0: all ports).
 func newTrieKey(b Binding, ifindex uint32, port uint16) trieKey {
 	return trieKey{
-		Prefixlen: keyFixedBits + uint32(b.Prefix.Bits()),
+		Prefixlen: uint32(b.Prefix.Bits()),
 		Protocol:  uint8(b.Protocol),
 		Family:    family(b.Prefix.Addr()),
 		Port:      port,
@@ -138,7 +146,8 @@ type resolved struct {
 	ifindex uint32
 }
 
-// compile expands bindings into trie entries. Bindings that expand to the
+// compile expands bindings into table entries, plus the marker entries
+// that list each protocol and family's prefix lengths. Bindings that expand to the
 // same key differ only in their ports (duplicates were rejected before);
 // the key goes to the more specific one (see beats).
 func compile(rs []resolved) map[trieKey]trieTarget {
@@ -152,13 +161,42 @@ func compile(rs []resolved) map[trieKey]trieTarget {
 		owner[k] = r.Binding
 		out[k] = trieTarget{LabelId: r.labelID, Priority: priority(r.Binding), Flags: bindingFlags(r.Binding)}
 	}
+	type pf struct{ proto, fam uint8 }
+	lens := make(map[pf]map[int]bool)
 	for _, r := range rs {
+		k := pf{uint8(r.Protocol), family(r.Prefix.Addr())}
+		if lens[k] == nil {
+			lens[k] = make(map[int]bool)
+		}
+		lens[k][r.Prefix.Bits()] = true
 		if r.Ports.All() {
 			put(r, 0)
 			continue
 		}
 		for p := uint32(r.Ports.Lo); p <= uint32(r.Ports.Hi); p++ {
 			put(r, uint16(p))
+		}
+	}
+	for k, set := range lens {
+		var sorted []int
+		for l := range set {
+			sorted = append(sorted, l)
+		}
+		sort.Sort(sort.Reverse(sort.IntSlice(sorted)))
+		for m := 0; m*lensPerMarker < len(sorted) || m == 0; m++ {
+			var b [lensPerMarker]byte
+			for i := range b {
+				b[i] = lenEnd
+				if j := m*lensPerMarker + i; j < len(sorted) {
+					b[i] = byte(sorted[j])
+				}
+			}
+			key := trieKey{Prefixlen: markerBase + uint32(m), Protocol: k.proto, Family: k.fam}
+			out[key] = trieTarget{
+				LabelId:  binary.NativeEndian.Uint32(b[0:4]),
+				Priority: binary.NativeEndian.Uint32(b[4:8]),
+				Flags:    binary.NativeEndian.Uint32(b[8:12]),
+			}
 		}
 	}
 	return out

@@ -94,7 +94,7 @@ func Load() (*Dispatcher, error) {
 	}
 	defer objs.Close()
 
-	if err := objs.DpBindings.Put(uint32(0), objs.DpTrie); err != nil {
+	if err := objs.DpBindings.Put(uint32(0), objs.DpTable); err != nil {
 		return nil, fmt.Errorf("install the first binding table: %w", err)
 	}
 	if err := objs.DpMeta.Put(uint32(0), metaValue{NextLabelId: 1, Layout: layoutVersion}); err != nil {
@@ -459,7 +459,7 @@ func (d *Dispatcher) replace(bs []Binding) error {
 	if err != nil {
 		return err
 	}
-	trie, err := ebpf.NewMap(spec.Maps["dp_trie"])
+	trie, err := ebpf.NewMap(spec.Maps["dp_table"]) // the new generation
 	if err != nil {
 		return fmt.Errorf("create binding table: %w", err)
 	}

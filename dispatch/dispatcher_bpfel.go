@@ -85,7 +85,7 @@ const (
 	dispatcherMapDpMeta     = "dp_meta"
 	dispatcherMapDpSockets  = "dp_sockets"
 	dispatcherMapDpSpecs    = "dp_specs"
-	dispatcherMapDpTrie     = "dp_trie"
+	dispatcherMapDpTable    = "dp_table"
 	dispatcherProgDispatch  = "dispatch"
 )
 
@@ -144,7 +144,7 @@ type dispatcherMapSpecs struct {
 	DpMeta     *ebpf.MapSpec `ebpf:"dp_meta"`
 	DpSockets  *ebpf.MapSpec `ebpf:"dp_sockets"`
 	DpSpecs    *ebpf.MapSpec `ebpf:"dp_specs"`
-	DpTrie     *ebpf.MapSpec `ebpf:"dp_trie"`
+	DpTable    *ebpf.MapSpec `ebpf:"dp_table"`
 }
 
 // dispatcherVariableSpecs contains global variables before they are loaded into the kernel.
@@ -179,7 +179,7 @@ type dispatcherMaps struct {
 	DpMeta     *ebpf.Map `ebpf:"dp_meta"`
 	DpSockets  *ebpf.Map `ebpf:"dp_sockets"`
 	DpSpecs    *ebpf.Map `ebpf:"dp_specs"`
-	DpTrie     *ebpf.Map `ebpf:"dp_trie"`
+	DpTable    *ebpf.Map `ebpf:"dp_table"`
 }
 
 func (m *dispatcherMaps) Close() error {
@@ -190,7 +190,7 @@ func (m *dispatcherMaps) Close() error {
 		m.DpMeta,
 		m.DpSockets,
 		m.DpSpecs,
-		m.DpTrie,
+		m.DpTable,
 	)
 }
 

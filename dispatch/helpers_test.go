@@ -22,7 +22,7 @@ import (
 // local (routed to lo), so a test can connect to any address of those
 // ranges, with a dispatcher loaded.
 type env struct {
-	t  *testing.T
+	t  testing.TB
 	ns *nettest.NS
 	d  *Dispatcher
 }
@@ -30,6 +30,16 @@ type env struct {
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	e := newBareEnv(t)
+	e.load()
+	return e
+}
+
+// newEnvB is newEnv for benchmarks.
+func newEnvB(b *testing.B) *env {
+	b.Helper()
+	ns := nettest.NewNS(b)
+	ns.Exec(b, "ip", "route", "add", "local", "198.18.0.0/15", "dev", "lo")
+	e := &env{t: b, ns: ns}
 	e.load()
 	return e
 }

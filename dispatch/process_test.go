@@ -152,7 +152,7 @@ var (
 )
 
 // sockgate builds the CLI once per test process.
-func sockgate(t *testing.T) string {
+func sockgate(t testing.TB) string {
 	t.Helper()
 	sockgateOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "sockgate-bin")
