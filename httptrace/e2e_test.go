@@ -448,28 +448,7 @@ func TestTraceVLANAndPort(t *testing.T) {
 		eth().VLAN(100).VLAN(42).IPv6(src6, dst6).TCP(40001, 81, nettest.SeqNum(7), nettest.ACK).
 			Payload([]byte("GET /qinq HTTP/1.1\r\nHost: qinq.test\r\n\r\n")),
 	}
-	err := topo.Client.Do(func() error {
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
-		to := &unix.SockaddrLinklayer{Ifindex: topo.ClientLink.Index, Halen: 6}
-		copy(to.Addr[:], topo.ServerLink.MAC)
-		for _, f := range frames {
-			b, err := f.Build()
-			if err != nil {
-				return err
-			}
-			if err := unix.Sendto(fd, b, 0, to); err != nil {
-				return fmt.Errorf("send tagged frame: %w", err)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	inject(t, topo.ClientLink, frames...)
 	recs := all.waitFor(t, "both tagged requests", func(recs []Record) bool {
 		return hasURL(recs, "/vlan/split") && hasURL(recs, "/qinq")
 	})
@@ -564,5 +543,131 @@ func TestTraceIdleSessions(t *testing.T) {
 	}
 	if st, _ := run.tr.Stats(); st.Assembler.Expired != 1 {
 		t.Errorf("expired = %d, want 1", st.Assembler.Expired)
+	}
+}
+
+// inject writes frames on the wire from link's end with a raw packet
+// socket, so that the other end receives exactly these segments, in this
+// order, duplicates included.
+func inject(t *testing.T, link *nettest.Link, frames ...*nettest.Packet) {
+	t.Helper()
+	err := link.NS.Do(func() error {
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		to := &unix.SockaddrLinklayer{Ifindex: link.Index, Halen: 6}
+		copy(to.Addr[:], link.Peer.MAC)
+		for _, f := range frames {
+			b, err := f.Build()
+			if err != nil {
+				return err
+			}
+			if err := unix.Sendto(fd, b, 0, to); err != nil {
+				return fmt.Errorf("send frame: %w", err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestTraceReorderedOnTheWire sends a request line in five segments whose
+// middle ones arrive out of order and twice, as a lossy path would deliver
+// them, and expects exactly one record with the whole URL.
+func TestTraceReorderedOnTheWire(t *testing.T) {
+	topo := nettest.NewTopology(t)
+	run := startTracer(t, topo.Server, Options{Interface: topo.ServerLink.Name})
+	src, dst := topo.ClientLink.Addr4, topo.ServerLink.Addr4
+	msg := "GET /reordered/" + strings.Repeat("r", 100) + "/end HTTP/1.1\r\nHost: reorder.test\r\n\r\n"
+	seg := func(from, to int) *nettest.Packet {
+		return nettest.NewPacket().Ethernet(topo.ClientLink.MAC, topo.ServerLink.MAC).IPv4(src, dst).
+			TCP(40123, 80, nettest.SeqNum(0xfffffff0+uint32(from)), nettest.ACK).Payload([]byte(msg[from:to]))
+	}
+	cut := []int{0, 20, 50, 90, 130, len(msg)}
+	inject(t, topo.ClientLink,
+		seg(cut[0], cut[1]),
+		seg(cut[3], cut[4]), // early
+		seg(cut[2], cut[3]), // early
+		seg(cut[3], cut[4]), // duplicate
+		seg(cut[1], cut[2]), // fills the gap
+		seg(cut[1], cut[3]), // overlapping retransmission
+		seg(cut[4], cut[5]),
+		seg(cut[0], cut[5]), // retransmission of everything, after the fact
+	)
+	url := msg[4:strings.Index(msg, " HTTP/")]
+	run.waitFor(t, "the reordered request", func(recs []Record) bool { return hasURL(recs, url) })
+	time.Sleep(100 * time.Millisecond)
+	recs := run.records()
+	n := 0
+	for _, r := range recs {
+		if r.URL == url {
+			n++
+			if r.Host != "reorder.test" {
+				t.Errorf("host %q", r.Host)
+			}
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d records of the request, want 1", n)
+	}
+	st, _ := run.tr.Stats()
+	if st.Assembler.OutOfOrder < 2 || st.Assembler.Duplicates < 2 {
+		t.Errorf("out of order %d, duplicates %d; want at least 2 each", st.Assembler.OutOfOrder, st.Assembler.Duplicates)
+	}
+}
+
+// TestTraceEndlessLine sends a megabyte of request line with no end and
+// checks that the kernel stops passing it to userspace after the session
+// limit, and that the URL is printed once, cut and marked.
+func TestTraceEndlessLine(t *testing.T) {
+	topo := nettest.NewTopology(t)
+	sink := topo.Server.ListenTCP(t, netip.AddrPortFrom(topo.ServerLink.Addr4, 80))
+	go func() {
+		for {
+			c, err := sink.Accept()
+			if err != nil {
+				return
+			}
+			go io.Copy(io.Discard, c) //nolint:errcheck // drains until close
+		}
+	}()
+	run := startTracer(t, topo.Server, Options{Interface: topo.ServerLink.Name})
+	before := run.quiesce(t)
+	c := dial(t, topo.Client, sink.Addr().(*net.TCPAddr).AddrPort(), 1000)
+	if _, err := io.WriteString(c, "GET /"); err != nil {
+		t.Fatal(err)
+	}
+	chunk := []byte(strings.Repeat("a", 4096))
+	const total = 1 << 20
+	for sent := 0; sent < total; sent += len(chunk) {
+		if _, err := c.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run.waitFor(t, "the cut URL", func(recs []Record) bool {
+		return len(recs) > 0 && recs[len(recs)-1].Truncated
+	})
+	time.Sleep(200 * time.Millisecond)
+	after := run.quiesce(t)
+	kept := after.Filter.KeptBytes - before.Filter.KeptBytes
+	seen := after.Filter.SeenBytes - before.Filter.SeenBytes
+	// The session limit is maxLine + maxHeader, about 25 KB; the sender's
+	// GSO packets on a veth can be up to 64 KB each, so up to three of
+	// them may pass before the limit bites.
+	t.Logf("endless line: %d bytes seen, %d passed to userspace in %d packets", seen, kept,
+		after.Filter.Kept()-before.Filter.Kept())
+	if kept > 3*(64<<10+100) {
+		t.Errorf("%d bytes of an endless line reached userspace", kept)
+	}
+	if seen < total {
+		t.Errorf("only %d bytes seen; the test did not send the line", seen)
+	}
+	recs := run.records()
+	if len(recs) != 1 || !strings.HasSuffix(recs[0].URL, TruncatedMarker) || len(recs[0].URL) != DefaultMaxURL+len(TruncatedMarker) {
+		t.Errorf("%d records; want one cut URL", len(recs))
 	}
 }

@@ -58,6 +58,10 @@ type Counters struct {
 	DropEmpty    uint64 `json:"drop_empty"`
 	DropNotHTTP  uint64 `json:"drop_not_http"`
 	DropOversize uint64 `json:"drop_oversize"`
+	// SeenBytes and KeptBytes are the bytes (from the network header)
+	// of the packets seen and of those passed to userspace.
+	SeenBytes uint64 `json:"seen_bytes"`
+	KeptBytes uint64 `json:"kept_bytes"`
 }
 
 // Kept is the number of packets the filter passed to the socket.
@@ -426,7 +430,7 @@ func (t *Tracer) Stats() (Stats, error) {
 func (t *Tracer) Counters() (Counters, error) { return readCounters(t.objs.HtCounters) }
 
 func readCounters(m *ebpf.Map) (Counters, error) {
-	var sums [httptraceHtReasonHT_REASON_MAX]uint64
+	var sums, bytes [httptraceHtReasonHT_REASON_MAX]uint64
 	for i := range sums {
 		var per []httptraceHtCounter
 		if err := m.Lookup(uint32(i), &per); err != nil {
@@ -434,9 +438,12 @@ func readCounters(m *ebpf.Map) (Counters, error) {
 		}
 		for _, c := range per {
 			sums[i] += c.Packets
+			bytes[i] += c.Bytes
 		}
 	}
 	return Counters{
+		SeenBytes:    bytes[httptraceHtReasonHT_SEEN],
+		KeptBytes:    bytes[httptraceHtReasonHT_KEEP_START] + bytes[httptraceHtReasonHT_KEEP_SESSION],
 		Seen:         sums[httptraceHtReasonHT_SEEN],
 		KeptStart:    sums[httptraceHtReasonHT_KEEP_START],
 		KeptSession:  sums[httptraceHtReasonHT_KEEP_SESSION],
