@@ -186,6 +186,7 @@ func TestTraceEndToEnd(t *testing.T) {
 	run := startTracer(t, topo.Server, Options{Interface: topo.ServerLink.Name})
 
 	t.Run("simple GET over IPv4", func(t *testing.T) {
+		start := time.Now()
 		c := dial(t, topo.Client, srv4, 0)
 		roundTrip(t, c, "GET /simple?x=1 HTTP/1.1\r\nHost: simple.test\r\nUser-Agent: t\r\n\r\n", "GET")
 		recs := run.waitFor(t, "the request and its response", func(recs []Record) bool {
@@ -195,6 +196,9 @@ func TestTraceEndToEnd(t *testing.T) {
 		if r.Method != "GET" || r.Version != "HTTP/1.1" || r.Host != "simple.test" || r.Dst != srv4 ||
 			r.Src.Addr() != topo.ClientLink.Addr4 || r.Truncated || r.Incomplete {
 			t.Errorf("record %+v", r)
+		}
+		if r.Time.Before(start) || r.Time.After(time.Now()) {
+			t.Errorf("record time %v is not the packet's (test ran from %v)", r.Time, start)
 		}
 		want := fmt.Sprintf("%s -> %s GET /simple?x=1 HTTP/1.1 host=simple.test", r.Src, srv4)
 		if !strings.HasSuffix(r.String(), want) {

@@ -193,6 +193,9 @@ func (t *Tracer) openSocket(ifc *net.Interface) error {
 			return fmt.Errorf("ignore outgoing on %s: %w", ifc.Name, err)
 		}
 	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1); err != nil {
+		return fmt.Errorf("enable packet timestamps: %w", err)
+	}
 	tv := unix.NsecToTimeval(int64(200 * time.Millisecond))
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 		return fmt.Errorf("set receive timeout: %w", err)
@@ -220,6 +223,7 @@ func (t *Tracer) Close() error {
 // called concurrently with itself.
 func (t *Tracer) Run(ctx context.Context, emit func(Record) error) error {
 	buf := make([]byte, 1<<16+256)
+	oob := make([]byte, unix.CmsgSpace(int(unsafe.Sizeof(unix.Timespec{}))))
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil
@@ -227,21 +231,21 @@ func (t *Tracer) Run(ctx context.Context, emit func(Record) error) error {
 		if err := t.age(emit); err != nil {
 			return err
 		}
-		n, from, err := unix.Recvfrom(t.fd, buf, unix.MSG_TRUNC)
+		n, oobn, _, from, err := unix.Recvmsg(t.fd, buf, oob, unix.MSG_TRUNC)
 		if err != nil {
 			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
 				continue
 			}
 			return fmt.Errorf("read packet socket: %w", err)
 		}
-		if err := t.handle(buf, n, from, emit); err != nil {
+		if err := t.handle(buf, n, packetTime(oob[:oobn]), from, emit); err != nil {
 			return err
 		}
 	}
 }
 
 // handle processes one packet read from the socket.
-func (t *Tracer) handle(buf []byte, n int, from unix.Sockaddr, emit func(Record) error) error {
+func (t *Tracer) handle(buf []byte, n int, at time.Time, from unix.Sockaddr, emit func(Record) error) error {
 	t.mu.Lock()
 	t.received++
 	ll, ok := from.(*unix.SockaddrLinklayer)
@@ -257,7 +261,7 @@ func (t *Tracer) handle(buf []byte, n int, from unix.Sockaddr, emit func(Record)
 		t.mu.Unlock()
 		return nil
 	}
-	recs, rel := t.asm.Add(Segment{Flow: flow, Seq: seq, Payload: payload, Time: time.Now()})
+	recs, rel := t.asm.Add(Segment{Flow: flow, Seq: seq, Payload: payload, Time: at})
 	t.release(rel)
 	t.mu.Unlock()
 	return t.emitAll(recs, emit)
@@ -279,6 +283,24 @@ func (t *Tracer) age(emit func(Record) error) error {
 		return err
 	}
 	return t.emitAll(recs, emit)
+}
+
+// packetTime returns the kernel's receive timestamp of a packet from its
+// control message (SO_TIMESTAMPNS), so that records carry the time the
+// packet was on the wire even when the tracer reads a backlog; the current
+// time when there is none.
+func packetTime(oob []byte) time.Time {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err == nil {
+		for _, m := range msgs {
+			if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPNS &&
+				len(m.Data) >= int(unsafe.Sizeof(unix.Timespec{})) {
+				ts := (*unix.Timespec)(unsafe.Pointer(&m.Data[0]))
+				return time.Unix(ts.Unix())
+			}
+		}
+	}
+	return time.Now()
 }
 
 func (t *Tracer) emitAll(recs []Record, emit func(Record) error) error {
