@@ -1,6 +1,7 @@
 package firewall
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"golang.org/x/sys/unix"
 
 	"github.com/sockgate/sockgate/internal/nettest"
 )
@@ -70,6 +72,124 @@ func BenchmarkProgram(b *testing.B) {
 			})
 		})
 	}
+}
+
+// BenchmarkLookups splits the firewall's per-packet cost: each
+// sub-benchmark runs a program that does nothing but one map lookup, with
+// a key on the stack, against the very maps BenchmarkProgram's rule sets
+// fill (fw_exact is a hash, fw_prefix an LPM trie whose keys carry the
+// group, direction and family in front of the address). prefix4 is the
+// same prefixes in a trie keyed by the bare IPv4 address, to show what the
+// 64-bit key header costs a trie walk.
+//
+//	go test -run '^$' -bench BenchmarkLookups -count 5 ./firewall/
+func BenchmarkLookups(b *testing.B) {
+	for _, n := range []int{1_000, 100_000, 1_000_000} {
+		b.Run("rules="+countName(n), func(b *testing.B) {
+			set := benchRuleSet(n)
+			fw := newTestFirewall(b, Deny, set.rules...)
+			exact, prefix := fw.gen.maps["fw_exact"], fw.gen.maps["fw_prefix"]
+			prefix4 := newPrefix4Trie(b, set.rules)
+			frame := benchFrame(set.miss)
+			for _, tc := range []struct {
+				name string
+				m    *ebpf.Map
+				key  []byte
+			}{
+				{"exact-hit", exact, exactKeyBytes(set.exactHit)},
+				{"exact-miss", exact, exactKeyBytes(set.miss)},
+				{"prefix-hit", prefix, prefixKeyBytes(set.prefixHit)},
+				{"prefix-miss", prefix, prefixKeyBytes(set.miss)},
+				{"prefix4-hit", prefix4, prefix4KeyBytes(set.prefixHit)},
+				{"prefix4-miss", prefix4, prefix4KeyBytes(set.miss)},
+			} {
+				b.Run(tc.name, func(b *testing.B) {
+					benchmarkFrame(b, lookupProgram(b, tc.m, tc.key), frame, xdpDrop)
+				})
+			}
+		})
+	}
+}
+
+func exactKeyBytes(a netip.Addr) []byte {
+	family, addr := encodeAddr(a)
+	return mustAppend(firewallFwExactKey{Family: family, Addr: addr})
+}
+
+func prefixKeyBytes(a netip.Addr) []byte {
+	family, addr := encodeAddr(a)
+	return mustAppend(firewallFwPrefixKey{Prefixlen: 64 + uint32(a.BitLen()), Family: family, Addr: addr})
+}
+
+// prefix4Key is an LPM trie key of a bare IPv4 address.
+type prefix4Key struct {
+	Prefixlen uint32
+	Addr      [4]byte
+}
+
+func prefix4KeyBytes(a netip.Addr) []byte {
+	return mustAppend(prefix4Key{Prefixlen: 32, Addr: a.As4()})
+}
+
+func mustAppend(v any) []byte {
+	out, err := binary.Append(nil, binary.NativeEndian, v)
+	if err != nil {
+		panic(err)
+	}
+	return out
+}
+
+// newPrefix4Trie holds the IPv4 prefix rules of rules (not the /32s) in a
+// trie keyed by the bare address, with fw_prefix's value type.
+func newPrefix4Trie(tb testing.TB, rules []Rule) *ebpf.Map {
+	tb.Helper()
+	var keys []prefix4Key
+	for _, r := range rules {
+		if r.Src.Addr().Is4() && r.Src.Bits() < 32 {
+			keys = append(keys, prefix4Key{Prefixlen: uint32(r.Src.Bits()), Addr: r.Src.Addr().As4()})
+		}
+	}
+	m, err := ebpf.NewMap(&ebpf.MapSpec{
+		Type:       ebpf.LPMTrie,
+		KeySize:    8,
+		ValueSize:  uint32(binary.Size(firewallFwMatch{})),
+		MaxEntries: uint32(max(len(keys), 1)),
+		Flags:      unix.BPF_F_NO_PREALLOC,
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { m.Close() })
+	for i, k := range keys {
+		if err := m.Put(k, firewallFwMatch{Rule: uint32(i + 1)}); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return m
+}
+
+// lookupProgram is an XDP program that looks key up in m and drops.
+func lookupProgram(tb testing.TB, m *ebpf.Map, key []byte) *ebpf.Program {
+	tb.Helper()
+	var insns asm.Instructions
+	for i := 0; i < len(key); i += 4 {
+		word := int32(binary.NativeEndian.Uint32(key[i:]))
+		insns = append(insns, asm.StoreImm(asm.RFP, int16(i-len(key)), int64(word), asm.Word))
+	}
+	insns = append(insns,
+		asm.LoadMapPtr(asm.R1, m.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -int32(len(key))),
+		asm.FnMapLookupElem.Call(),
+		asm.Mov.Imm(asm.R0, xdpDrop),
+		asm.Return(),
+	)
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, Instructions: insns, License: "MIT"})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { prog.Close() })
+	return prog
 }
 
 // benchmarkFrame runs prog on frame packetsPerRun times per iteration and
