@@ -156,6 +156,12 @@ func Load(dir, ifname string, opts Options) error {
 	if bpffs.Exists(dir) {
 		return fmt.Errorf("already loaded on %s; run `sockgate guard unload %s` first", ifname, ifname)
 	}
+	// A load that crashed before its rename left a temporary directory,
+	// maybe with a pinned link that keeps a program attached: remove it.
+	stale, _ := filepath.Glob(filepath.Join(parent, "tmp-"+filepath.Base(dir)+"-*"))
+	for _, d := range stale {
+		bpffs.RemoveAll(d)
+	}
 
 	tmp, err := os.MkdirTemp(parent, "tmp-"+filepath.Base(dir)+"-")
 	if err != nil {
@@ -244,6 +250,10 @@ func Load(dir, ifname string, opts Options) error {
 			return fmt.Errorf("open firewall chain %s: %w", opts.FirewallChain, err)
 		}
 		defer chain.Close()
+		var occupant ebpf.ProgramID
+		if err := chain.Lookup(uint32(0), &occupant); err == nil {
+			return fmt.Errorf("slot 0 of the firewall chain %s already holds program %d; unload what put it there first", opts.FirewallChain, occupant)
+		}
 		if err := pinObject(objs.SockgateGuardXdp.Pin, tmp, pinProgXDP); err != nil {
 			return err
 		}

@@ -41,13 +41,13 @@ var (
 // with a test namespace whose loopback carries local4 and local6: sockets
 // made in it are what the programs find.
 type fixture struct {
-	t    *testing.T
+	t    testing.TB
 	ns   *nettest.NS
 	objs *guardObjects
 	g    *Guard
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	ns := nettest.NewNS(t)
 	lo, err := ns.Netlink().LinkByName("lo")
