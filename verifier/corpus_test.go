@@ -179,6 +179,12 @@ func regressions() []corpusCase {
 		{name: "sk-release-in-socket-filter", typ: ebpf.SocketFilter, rule: "helper-not-allowed", insns: prog(ins(asm.Mov.Imm(asm.R1, 0), asm.FnSkRelease.Call()), ret0)},
 		{name: "sk-fullsock-in-socket-filter", typ: ebpf.SocketFilter, rule: "helper-not-allowed", insns: prog(ins(asm.Mov.Imm(asm.R1, 0), asm.FnSkFullsock.Call()), ret0)},
 		{name: "division-by-constant-zero", typ: ebpf.SocketFilter, rule: "division-by-zero", insns: prog(ins(asm.Mov.Imm(asm.R9, 1), asm.Div.Imm(asm.R9, 0)), ret0)},
+		{name: "subprog-returns-callers-stack-pointer", typ: ebpf.SocketFilter, rule: "stack-pointer-escape", insns: ins(
+			asm.Mov.Reg(asm.R1, asm.RFP), asm.Add.Imm(asm.R1, -8), asm.Call.Label("f"), asm.Mov.Imm(asm.R0, 0), asm.Return(),
+			asm.Mov.Reg(asm.R0, asm.R1).WithSymbol("f"), asm.Return())},
+		{name: "ctx-compared-with-null-explores-both", typ: ebpf.XDP, rule: "ctx-access", insns: ins(
+			asm.JEq.Imm(asm.R1, 0, "w"), asm.Mov.Imm(asm.R0, 2), asm.Return(),
+			asm.StoreImm(asm.R1, 16, 0, asm.Word).WithSymbol("w"), asm.Mov.Imm(asm.R0, 2), asm.Return())},
 		{name: "sk-lookup-return-range", typ: ebpf.SkLookup, rule: "return-value", insns: ins(asm.Mov.Imm(asm.R0, 2), asm.Return())},
 		{name: "sk-lookup-ctx-sk-is-unreferenced", typ: ebpf.SkLookup, insns: ins(asm.LoadMem(asm.R1, asm.R1, 0, asm.DWord),
 			asm.JEq.Imm(asm.R1, 0, "out"), asm.LoadMem(asm.R2, asm.R1, 4, asm.Word), asm.Mov.Imm(asm.R0, 1).WithSymbol("out"), asm.Return())},

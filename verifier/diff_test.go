@@ -74,6 +74,7 @@ func genProgram(s *byteSource) (ebpf.ProgramType, asm.Instructions) {
 	}
 	var body []asm.Instructions
 	add := func(i ...asm.Instruction) { body = append(body, i) }
+	useSub := false
 	// Prologue: context in r6, some initialised stack, scalars in r7-r9.
 	add(asm.Mov.Reg(asm.R6, asm.R1))
 	add(asm.Mov.Imm(asm.R7, int32(s.imm())), asm.Mov.Imm(asm.R8, int32(s.n(64))), asm.FnGetPrandomU32.Call(), asm.Mov.Reg(asm.R9, asm.R0))
@@ -192,7 +193,20 @@ func genProgram(s *byteSource) (ebpf.ProgramType, asm.Instructions) {
 			}
 			add(asm.Mov.Reg(asm.R1, r), fn.Call())
 		case 16:
-			add(asm.JEq.Imm(reg(), 0, "skip"))
+			switch s.n(4) {
+			case 0:
+				// A bounded loop.
+				l := "loop" + strconv.Itoa(k)
+				add(asm.Mov.Imm(asm.R5, int32(1+s.n(6))), asm.Sub.Imm(asm.R5, 1).WithSymbol(l), asm.JNE.Imm(asm.R5, 0, l))
+			case 1:
+				// A bpf-to-bpf call with a stack pointer, the
+				// context or a number as its argument.
+				arg := []asm.Instruction{asm.Mov.Reg(asm.R1, asm.RFP), asm.Mov.Reg(asm.R1, asm.R6), asm.Mov.Reg(asm.R1, reg())}[s.n(3)]
+				add(arg, asm.Add.Imm(asm.R1, []int32{-8, 0, 4, -16}[s.n(4)]), asm.Call.Label("sub"))
+				useSub = true
+			default:
+				add(asm.JEq.Imm(reg(), 0, "skip"))
+			}
 		default:
 			j := jmpOps[s.n(len(jmpOps))]
 			if s.n(2) == 0 {
@@ -224,6 +238,22 @@ func genProgram(s *byteSource) (ebpf.ProgramType, asm.Instructions) {
 		ret = int32(s.imm())
 	}
 	out = append(out, asm.Mov.Imm(asm.R0, ret).WithSymbol("L"+strconv.Itoa(len(body))), asm.Return())
+	if useSub {
+		// The subprogram reads or writes through its argument, or
+		// just returns it.
+		size := sizes[s.n(4)]
+		switch s.n(4) {
+		case 0:
+			out = append(out, asm.LoadMem(asm.R0, asm.R1, 0, size).WithSymbol("sub"), asm.Return())
+		case 1:
+			out = append(out, asm.StoreImm(asm.R1, 0, 1, []asm.Size{asm.Byte, asm.Half, asm.Word}[s.n(3)]).WithSymbol("sub"), asm.Mov.Imm(asm.R0, 0), asm.Return())
+		case 2:
+			out = append(out, asm.Mov.Reg(asm.R0, asm.R1).WithSymbol("sub"), asm.Return())
+		default:
+			out = append(out, stDW(asm.RFP, -8, 0).WithSymbol("sub"), asm.Mov.Reg(asm.R0, asm.RFP), asm.Add.Imm(asm.R0, -8),
+				asm.LoadMem(asm.R0, asm.R0, 0, size), asm.Return())
+		}
+	}
 	return typ, out
 }
 

@@ -58,7 +58,9 @@ func (v *verifier) jump(i int, ins asm.Instruction) (int, error) {
 
 	switch {
 	case is32:
-		return 0, v.reject(i, "pointer-comparison", "32-bit comparison of pointer (%s) is not supported", nonScalarType(d, s))
+		// A 32-bit view of a pointer: nothing is learned, both
+		// branches are explored (as the kernel does for privileged
+		// programs).
 	case s.typ == scalarT && s.val.isConst() && s.val.value() == 0 && (jop == asm.JEq || jop == asm.JNE):
 		// NULL check of a pointer.
 		eqNull, neNull := taken, fall
@@ -69,8 +71,10 @@ func (v *verifier) jump(i int, ins asm.Instruction) (int, error) {
 			id, ref := d.id, d.ref
 			markNull(eqNull, id, ref, true)
 			markNull(neNull, id, ref, false)
-		} else {
-			// A non-null pointer is never equal to 0.
+		} else if notNull(d.typ) {
+			// A non-null pointer is never equal to 0. (Like the
+			// kernel's reg_not_null, only for these types: for the
+			// others both branches are explored.)
 			if jop == asm.JEq {
 				takenOK = false
 			} else {
@@ -144,6 +148,14 @@ func (v *verifier) scalarJump(i int, ins asm.Instruction, jop asm.JumpOp, is32, 
 	}
 	// Both impossible: the state itself is contradictory; end the path.
 	return -1, nil
+}
+
+func notNull(t regType) bool {
+	switch t {
+	case ptrSock, ptrSockCommon, ptrTCPSock, ptrMapValue, ptrRingbufMem:
+		return true
+	}
+	return false
 }
 
 func isSigned(j asm.JumpOp) bool {
@@ -374,8 +386,10 @@ func (v *verifier) exit(i int) (int, error) {
 	if len(st.frames) > 1 {
 		callee := st.frames[len(st.frames)-1]
 		depth := len(st.frames) - 1
-		if r0.typ == ptrStack && r0.frame == depth {
-			return 0, v.reject(i, "stack-pointer-escape", "returning a pointer to the function's own stack")
+		if r0.typ == ptrStack {
+			// The kernel refuses any stack pointer here, even one
+			// into the caller's own frame.
+			return 0, v.reject(i, "stack-pointer-escape", "a function can't return a stack pointer to its caller")
 		}
 		ret := *r0
 		st.frames = st.frames[:depth]
