@@ -50,9 +50,15 @@
 #define DP_F_NO_REUSEPORT	(1 << 0)	/* skip reuseport selection */
 #define DP_F_REPLACE		(1 << 1)	/* override an earlier program's pick */
 
-#define DP_MAX_ENTRIES		(1 << 21)
+/*
+ * Size of the template generation. Generations are created by the control
+ * plane sized to their content (the kernel does not compare max_entries
+ * of hash inner maps with the template's), so an empty dispatcher costs
+ * little and a big binding set costs in proportion.
+ */
+#define DP_TEMPLATE_ENTRIES	1024
 #define DP_MAX_LABELS		16384
-#define DP_MAX_BINDINGS		(1 << 20)
+#define DP_MAX_BINDINGS		(1 << 18)
 #define DP_LABEL_MAX		256	/* 255 bytes and a NUL */
 
 /*
@@ -149,7 +155,7 @@ struct dp_state {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, DP_MAX_ENTRIES);
+	__uint(max_entries, DP_TEMPLATE_ENTRIES);
 	__type(key, struct dp_key);
 	__type(value, struct dp_target);
 } dp_table SEC(".maps");
@@ -161,7 +167,7 @@ struct {
 	__array(values, struct {
 		__uint(type, BPF_MAP_TYPE_HASH);
 		__uint(map_flags, BPF_F_NO_PREALLOC);
-		__uint(max_entries, DP_MAX_ENTRIES);
+		__uint(max_entries, DP_TEMPLATE_ENTRIES);
 		__type(key, struct dp_key);
 		__type(value, struct dp_target);
 	});

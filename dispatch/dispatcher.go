@@ -298,6 +298,9 @@ func (d *Dispatcher) ensureLabel(label string, ids map[string]uint32) (uint32, e
 	return id, nil
 }
 
+// maxTableEntries bounds one generation of the binding table.
+const maxTableEntries = 1 << 22
+
 // maxLabels is DP_MAX_LABELS.
 const maxLabels = 16384
 
@@ -459,14 +462,17 @@ func (d *Dispatcher) replace(bs []Binding) error {
 	if err != nil {
 		return err
 	}
-	trie, err := ebpf.NewMap(spec.Maps["dp_table"]) // the new generation
+	if len(entries) > maxTableEntries {
+		return fmt.Errorf("the binding set expands to %d table entries (port ranges take one per port); the limit is %d", len(entries), maxTableEntries)
+	}
+	// The new generation, sized to its content with room to spare.
+	ms := spec.Maps["dp_table"].Copy()
+	ms.MaxEntries = uint32(max(int(ms.MaxEntries), len(entries)+len(entries)/4))
+	trie, err := ebpf.NewMap(ms)
 	if err != nil {
 		return fmt.Errorf("create binding table: %w", err)
 	}
 	defer trie.Close()
-	if len(entries) > int(trie.MaxEntries()) {
-		return fmt.Errorf("the binding set expands to %d table entries (port ranges take one per port); the limit is %d", len(entries), trie.MaxEntries())
-	}
 	if err := putAll(trie, entries); err != nil {
 		return err
 	}

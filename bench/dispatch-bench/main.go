@@ -1,0 +1,541 @@
+// Command dispatch-bench compares sockgate's socket dispatcher with the
+// sockets it replaces, side by side in one run:
+//
+//   - ports: every port (1-65535) of one address served by one socket
+//     through the dispatcher, vs 65,535 real listening sockets;
+//   - prefix: one /24 on port 80 served by one socket through the
+//     dispatcher, vs 256 sockets bound to each address.
+//
+// For each it reports set-up time, kernel memory (the Slab and Percpu
+// growth of /proc/meminfo, plus the dispatcher's BPF map memlock) and
+// connect() latency p50/p99 under a connect loop, with a single plain
+// listener as the direct baseline. Each contender lives in its own network
+// namespace; the latency rounds alternate between them so that load from
+// other processes on the machine hits all of them alike.
+//
+// Run it through bench/dispatch-bench.sh (root).
+package main
+
+import (
+	"bufio"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sockgate/sockgate/dispatch"
+)
+
+var (
+	connects = flag.Int("connects", 20000, "connections per contender and scenario")
+	rounds   = flag.Int("rounds", 20, "latency rounds (contenders alternate every round)")
+	only     = flag.String("scenario", "all", "ports, prefix or all")
+	nPorts   = flag.Int("ports", 65535, "ports in the ports scenario")
+	child    = flag.String("child", "", "internal: listen on the destinations in `FILE` inside -child-ns")
+	childNS  = flag.String("child-ns", "", "internal: namespace path of a child")
+)
+
+// perChild is how many listeners one process holds: the machine's hard
+// RLIMIT_NOFILE may be as low as 20000, so 65,535 listeners take several
+// processes.
+const perChild = 15000
+
+// ns is a named namespace made for the run.
+type ns struct {
+	name, path string
+}
+
+func newNS(name string) (*ns, error) {
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("ip netns add %s: %v: %s", name, err, out)
+	}
+	n := &ns{name: name, path: "/run/netns/" + name}
+	for _, args := range [][]string{
+		{"link", "set", "lo", "up"},
+		{"route", "add", "local", "198.18.0.0/16", "dev", "lo"},
+	} {
+		if out, err := exec.Command("ip", append([]string{"-n", name}, args...)...).CombinedOutput(); err != nil {
+			n.remove()
+			return nil, fmt.Errorf("ip -n %s %v: %v: %s", name, args, err, out)
+		}
+	}
+	return n, nil
+}
+
+func (n *ns) remove() {
+	exec.Command("ip", "netns", "del", n.name).Run()
+}
+
+// do runs fn on a thread inside the namespace.
+func (n *ns) do(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		f, err := os.Open(n.path)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- err
+			return
+		}
+		// The thread stays locked and dies with the goroutine.
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+// kernelMem returns Slab + Percpu from /proc/meminfo in bytes.
+func kernelMem() int64 {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	var total int64
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 2 && (fields[0] == "Slab:" || fields[0] == "Percpu:") {
+			kb, _ := strconv.ParseInt(fields[1], 10, 64)
+			total += kb * 1024
+		}
+	}
+	return total
+}
+
+// listenTCP creates a listening socket on addr (IP_FREEBIND: the test
+// range is routed locally, not assigned).
+func listenTCP(addr netip.AddrPort) (int, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	if err != nil {
+		return -1, err
+	}
+	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+	unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_FREEBIND, 1)
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: addr.Addr().As4(), Port: int(addr.Port())}); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("bind %s: %w", addr, err)
+	}
+	if err := unix.Listen(fd, 1024); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// acceptAll accepts and closes connections on every fd until stop.
+func acceptAll(fds []int, stop <-chan struct{}) error {
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return err
+	}
+	for _, fd := range fds {
+		if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
+			return err
+		}
+	}
+	go func() {
+		defer unix.Close(ep)
+		evs := make([]unix.EpollEvent, 256)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			n, err := unix.EpollWait(ep, evs, 100)
+			if err != nil && !errors.Is(err, unix.EINTR) {
+				return
+			}
+			for _, ev := range evs[:n] {
+				for {
+					c, _, err := unix.Accept4(int(ev.Fd), unix.SOCK_CLOEXEC)
+					if err != nil {
+						break
+					}
+					unix.Close(c)
+				}
+			}
+		}
+	}()
+	return nil
+}
+
+// contender is one way of serving a scenario's destinations.
+type contender struct {
+	name     string
+	ns       *ns
+	setup    time.Duration
+	mem      int64 // kernel memory growth
+	bpfMem   int64 // BPF map memlock, dispatcher only
+	dsts     []netip.AddrPort
+	lat      []time.Duration
+	failures int
+	fds      []int
+	d        *dispatch.Dispatcher
+	cmds     []*exec.Cmd
+	stdins   []io.WriteCloser
+}
+
+// connectRound makes n connections to random destinations of c from
+// 127.0.0.1 and records connect() latencies.
+func (c *contender) connectRound(n int, rng *rand.Rand) error {
+	return c.ns.do(func() error {
+		for range n {
+			dst := c.dsts[rng.IntN(len(c.dsts))]
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+			if err != nil {
+				return err
+			}
+			// Source 127.0.0.1: in the ports scenario every port of the
+			// destination address is taken by a listener.
+			if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+				unix.Close(fd)
+				return err
+			}
+			start := time.Now()
+			err = unix.Connect(fd, &unix.SockaddrInet4{Addr: dst.Addr().As4(), Port: int(dst.Port())})
+			el := time.Since(start)
+			if err != nil {
+				c.failures++
+			} else {
+				c.lat = append(c.lat, el)
+			}
+			// RST on close: no TIME_WAIT pile-up over a long run.
+			unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+			unix.Close(fd)
+		}
+		return nil
+	})
+}
+
+func (c *contender) close() {
+	for _, w := range c.stdins {
+		w.Close()
+	}
+	for _, cmd := range c.cmds {
+		cmd.Wait()
+	}
+	for _, fd := range c.fds {
+		unix.Close(fd)
+	}
+	if c.d != nil {
+		c.d.Unload()
+	}
+	c.ns.remove()
+}
+
+func percentile(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[int(float64(len(s)-1)*p)]
+}
+
+// socketsContender binds one listener per destination, in child
+// processes of perChild listeners each that accept and close every
+// connection.
+func socketsContender(name string, dsts []netip.AddrPort) (*contender, error) {
+	n, err := newNS(name)
+	if err != nil {
+		return nil, err
+	}
+	c := &contender{name: "listening sockets", ns: n, dsts: dsts}
+	runtime.GC()
+	before := kernelMem()
+	start := time.Now()
+	var cmds []*exec.Cmd
+	for i := 0; i < len(dsts); i += perChild {
+		chunk := dsts[i:min(i+perChild, len(dsts))]
+		f, err := os.CreateTemp("", "dispatch-bench-dsts")
+		if err != nil {
+			return nil, err
+		}
+		for _, d := range chunk {
+			fmt.Fprintln(f, d)
+		}
+		f.Close()
+		defer os.Remove(f.Name())
+		cmd := exec.Command("/proc/self/exe", "-child", f.Name(), "-child-ns", n.path)
+		cmd.Stderr = os.Stderr
+		stdin, _ := cmd.StdinPipe()
+		out, _ := cmd.StdoutPipe()
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		c.stdins = append(c.stdins, stdin)
+		c.cmds = append(c.cmds, cmd)
+		cmds = append(cmds, cmd)
+		line, _ := bufio.NewReader(out).ReadString('\n')
+		if strings.TrimSpace(line) != "ready" {
+			c.close()
+			return nil, fmt.Errorf("listener process: %q", line)
+		}
+	}
+	c.setup = time.Since(start)
+	c.mem = kernelMem() - before
+	return c, nil
+}
+
+// runChild is a listener process: it listens on every destination in
+// file inside the namespace, says "ready", and accepts until stdin closes.
+func runChild(file, nsPath string) error {
+	runtime.LockOSThread()
+	lim := unix.Rlimit{}
+	unix.Getrlimit(unix.RLIMIT_NOFILE, &lim)
+	lim.Cur = lim.Max
+	unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
+	f, err := os.Open(nsPath)
+	if err != nil {
+		return err
+	}
+	if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+		return err
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	var fds []int
+	for _, l := range strings.Fields(string(data)) {
+		fd, err := listenTCP(netip.MustParseAddrPort(l))
+		if err != nil {
+			return err
+		}
+		fds = append(fds, fd)
+	}
+	stop := make(chan struct{})
+	if err := acceptAll(fds, stop); err != nil {
+		return err
+	}
+	fmt.Println("ready")
+	bufio.NewReader(os.Stdin).ReadString('\n')
+	return nil
+}
+
+// dispatcherContender serves every destination with one listener on
+// 127.0.0.1 through the dispatcher and the given bindings.
+func dispatcherContender(name string, dsts []netip.AddrPort, bindings []dispatch.Binding) (*contender, error) {
+	n, err := newNS(name)
+	if err != nil {
+		return nil, err
+	}
+	c := &contender{name: "sockgate dispatch, 1 socket", ns: n, dsts: dsts}
+	runtime.GC()
+	before := kernelMem()
+	start := time.Now()
+	err = n.do(func() error {
+		d, err := dispatch.Load()
+		if err != nil {
+			return err
+		}
+		c.d = d
+		if err := d.Apply(bindings); err != nil {
+			return err
+		}
+		fd, err := listenTCP(netip.MustParseAddrPort("127.0.0.1:40000"))
+		if err != nil {
+			return err
+		}
+		c.fds = append(c.fds, fd)
+		_, err = d.Register("svc", fd, dispatch.RegisterOptions{})
+		return err
+	})
+	c.setup = time.Since(start)
+	c.mem = kernelMem() - before
+	if err != nil {
+		c.close()
+		return nil, err
+	}
+	c.bpfMem = mapMemlock(c.d)
+	return c, nil
+}
+
+// mapMemlock sums the memlock the kernel reports for the dispatcher's
+// pinned maps and its binding table.
+func mapMemlock(d *dispatch.Dispatcher) int64 {
+	st, err := d.Status()
+	if err != nil {
+		return 0
+	}
+	var total int64
+	matches, _ := filepath.Glob(filepath.Join(st.PinDir, "dp_*"))
+	for _, p := range matches {
+		out, err := exec.Command("bpftool", "-j", "map", "show", "pinned", p).Output()
+		if err != nil {
+			continue
+		}
+		total += jsonInt(string(out), `"bytes_memlock":`)
+	}
+	// The live binding table is an inner map, reachable through the
+	// array of maps only: find it by name.
+	out, err := exec.Command("bpftool", "map", "show", "name", "dp_table").Output()
+	if err == nil {
+		// One line per dp_table map: the template and the live table;
+		// count the largest.
+		var max int64
+		for _, l := range strings.Split(string(out), "\n") {
+			if i := strings.Index(l, "memlock "); i >= 0 {
+				f := strings.Fields(l[i+len("memlock "):])
+				if len(f) > 0 {
+					v, _ := strconv.ParseInt(strings.TrimSuffix(f[0], "B"), 10, 64)
+					if v > max {
+						max = v
+					}
+				}
+			}
+		}
+		total += max
+	}
+	return total
+}
+
+func jsonInt(s, key string) int64 {
+	i := strings.Index(s, key)
+	if i < 0 {
+		return 0
+	}
+	s = strings.TrimLeft(s[i+len(key):], " ")
+	j := strings.IndexFunc(s, func(r rune) bool { return r < '0' || r > '9' })
+	if j < 0 {
+		j = len(s)
+	}
+	v, _ := strconv.ParseInt(s[:j], 10, 64)
+	return v
+}
+
+func mustBinding(label, proto, prefix, ports string) dispatch.Binding {
+	p, _ := dispatch.ParseProtocol(proto)
+	pf, err := dispatch.ParsePrefix(prefix)
+	if err != nil {
+		panic(err)
+	}
+	pp, err := dispatch.ParsePorts(ports)
+	if err != nil {
+		panic(err)
+	}
+	b, err := dispatch.NewBinding(label, p, pf, pp)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+func run(scenario string) error {
+	var dsts []netip.AddrPort
+	var bindings []dispatch.Binding
+	switch scenario {
+	case "ports":
+		a := netip.MustParseAddr("198.18.0.1")
+		for p := 1; p <= *nPorts; p++ {
+			dsts = append(dsts, netip.AddrPortFrom(a, uint16(p)))
+		}
+		bindings = []dispatch.Binding{mustBinding("svc", "tcp", "198.18.0.1", "all")}
+	case "prefix":
+		for i := range 256 {
+			dsts = append(dsts, netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 1, byte(i)}), 80))
+		}
+		bindings = []dispatch.Binding{mustBinding("svc", "tcp", "198.18.1.0/24", "80")}
+	}
+	pid := os.Getpid()
+	direct, err := socketsContender(fmt.Sprintf("sgbd-direct-%d", pid), dsts[:1])
+	if err != nil {
+		return err
+	}
+	direct.name = "direct listener (baseline, 1 address:port)"
+	defer direct.close()
+	socks, err := socketsContender(fmt.Sprintf("sgbd-socks-%d", pid), dsts)
+	if err != nil {
+		return err
+	}
+	socks.name = fmt.Sprintf("%d listening sockets", len(dsts))
+	defer socks.close()
+	disp, err := dispatcherContender(fmt.Sprintf("sgbd-disp-%d", pid), dsts, bindings)
+	if err != nil {
+		return err
+	}
+	defer disp.close()
+
+	stop := make(chan struct{})
+	defer close(stop)
+	all := []*contender{direct, socks, disp}
+	for _, c := range all {
+		if err := acceptAll(c.fds, stop); err != nil {
+			return err
+		}
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	// Warm-up, then alternate rounds.
+	for _, c := range all {
+		if err := c.connectRound(200, rng); err != nil {
+			return err
+		}
+		c.lat, c.failures = nil, 0
+	}
+	per := *connects / *rounds
+	for range *rounds {
+		for _, c := range all {
+			if err := c.connectRound(per, rng); err != nil {
+				return err
+			}
+		}
+	}
+
+	fmt.Printf("\n### %s: %s\n\n", scenario, map[string]string{
+		"ports":  fmt.Sprintf("ports 1-%d of 198.18.0.1", *nPorts),
+		"prefix": "198.18.1.0/24 port 80",
+	}[scenario])
+	fmt.Println("| contender | set-up | kernel memory (Slab+Percpu growth) | BPF maps (memlock) | connects | failed | connect p50 | connect p99 |")
+	fmt.Println("|---|---|---|---|---|---|---|---|")
+	for _, c := range all {
+		bpf := "-"
+		if c.bpfMem > 0 {
+			bpf = fmt.Sprintf("%.1f MiB", float64(c.bpfMem)/(1<<20))
+		}
+		fmt.Printf("| %s | %s | %.1f MiB | %s | %d | %d | %s | %s |\n", c.name, c.setup.Round(time.Millisecond),
+			float64(c.mem)/(1<<20), bpf, len(c.lat), c.failures,
+			percentile(c.lat, 0.5).Round(100*time.Nanosecond), percentile(c.lat, 0.99).Round(100*time.Nanosecond))
+	}
+	p50d, p50s := percentile(disp.lat, 0.5), percentile(direct.lat, 0.5)
+	p99d, p99s := percentile(disp.lat, 0.99), percentile(direct.lat, 0.99)
+	fmt.Printf("\ndispatcher vs direct listener: p50 %+.1f%%, p99 %+.1f%%\n",
+		100*(float64(p50d)/float64(p50s)-1), 100*(float64(p99d)/float64(p99s)-1))
+	return nil
+}
+
+func main() {
+	flag.Parse()
+	if *child != "" {
+		if err := runChild(*child, *childNS); err != nil {
+			fmt.Fprintln(os.Stderr, "dispatch-bench child:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	for _, s := range []string{"ports", "prefix"} {
+		if *only != "all" && *only != s {
+			continue
+		}
+		if err := run(s); err != nil {
+			fmt.Fprintf(os.Stderr, "dispatch-bench: %s: %v\n", s, err)
+			os.Exit(1)
+		}
+	}
+}
