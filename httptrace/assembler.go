@@ -23,9 +23,15 @@ type Segment struct {
 // but only if the entry's start_seq is before Before in TCP sequence space:
 // an entry with a later start_seq was made by a segment that is still
 // queued on the socket and begins a message the assembler has not seen.
+//
+// With Reset set, the flow is not finished: a message completed and the
+// next one has begun in the same segment stream (pipelining). The entry
+// stays and only its byte count restarts, so that the kernel's per-session
+// limit applies to each message rather than to the whole connection.
 type Release struct {
 	Flow   Flow
 	Before uint32
+	Reset  bool
 }
 
 // AssemblerStats counts what the assembler did with the segments it got.
@@ -290,6 +296,9 @@ func (a *Assembler) advance(f Flow, st *flowState, now time.Time) ([]Record, []R
 			// Compact: the consumed prefix is no longer needed.
 			if cap(st.buf) > 4*len(st.buf)+4096 {
 				st.buf = append([]byte(nil), st.buf...)
+			}
+			if len(recs) > 0 {
+				return recs, []Release{{Flow: f, Before: st.next, Reset: true}}
 			}
 			return recs, nil
 		case malformed:

@@ -169,6 +169,19 @@ func TestAssemblerReleaseAndRetransmit(t *testing.T) {
 	}
 }
 
+func TestAssemblerPipelineReset(t *testing.T) {
+	a := NewAssembler(AssemblerConfig{})
+	msg := "GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\nGET /3 HT"
+	_, rels := feed(a, flowA, []seg{{0, msg}})
+	if len(rels) != 1 || !rels[0].Reset || rels[0].Before != baseSeq+uint32(len(msg)) {
+		t.Errorf("releases %+v, want one reset of the continuing session", rels)
+	}
+	recs, rels := feed(a, flowA, []seg{{uint32(len(msg)), "TP/1.1\r\n\r\n"}})
+	if len(recs) != 1 || len(rels) != 1 || rels[0].Reset {
+		t.Errorf("records %v releases %+v, want /3 and a final release", recs, rels)
+	}
+}
+
 func TestAssemblerExpire(t *testing.T) {
 	a := NewAssembler(AssemblerConfig{IdleTimeout: 30 * time.Second})
 	feed(a, flowA, []seg{{0, "GET /slow HTTP/1.1\r\nHost: s\r\n"}})

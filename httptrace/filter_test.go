@@ -145,19 +145,19 @@ func TestFilterPortAndOversize(t *testing.T) {
 	if got := runFilter(t, objs, build(tcp4(8080, 40000, 1, "HTTP/1.1 200 OK\r\n"))); got == 0 {
 		t.Errorf("response from port 8080: dropped")
 	}
-	// The limit is maxLine+maxHeader = 64+7+2+10+64 = 147 bytes: keep
-	// feeding continuation segments until the filter stops.
+	// The limit is 4*(maxLine+maxHeader) = 4*(64+7+2+10+64) = 588 bytes:
+	// keep feeding continuation segments until the filter stops.
 	seq := uint32(6)
 	chunk := string(bytes.Repeat([]byte("a"), 40))
 	kept := 0
-	for range 10 {
+	for range 30 {
 		if runFilter(t, objs, build(tcp4(40000, 8080, seq, chunk))) != 0 {
 			kept++
 		}
 		seq += 40
 	}
-	if kept == 0 || kept > 4 {
-		t.Errorf("kept %d continuation segments of 40 bytes past a 147-byte limit, want 1..4", kept)
+	if kept < 13 || kept > 15 {
+		t.Errorf("kept %d continuation segments of 40 bytes past a 588-byte limit, want 14 or so", kept)
 	}
 	c, err := readCounters(objs.HtCounters)
 	if err != nil {

@@ -148,6 +148,14 @@ type limits struct {
 // plus room for the longest method, two spaces and "HTTP/1.1\r\n".
 func (l limits) maxLine() int { return l.maxURL + len("OPTIONS") + 2 + len("HTTP/1.1\r\n") }
 
+// sessionLimit is how many payload bytes the kernel passes for one session
+// before it gives up on it, even if userspace never releases or resets it:
+// the bound on what an endless line (or a stalled tracer) can cost. One
+// message head needs at most maxLine+maxHeader; the slack of four times
+// that lets a burst of pipelined requests through before userspace has
+// read them and reset the count (Release.Reset).
+func (l limits) sessionLimit() int { return 4 * (l.maxLine() + l.maxHeader) }
+
 // parsed is the result of parseMessage.
 type parsed struct {
 	status   parseStatus

@@ -155,9 +155,7 @@ func loadFilter(port uint16, lim limits, maxSessions int) (httptraceObjects, err
 	if err := spec.Variables["ht_port"].Set(port); err != nil {
 		return objs, fmt.Errorf("set port: %w", err)
 	}
-	// The kernel stops feeding a session after the most a message head
-	// can need, even if userspace never releases it.
-	if err := spec.Variables["ht_max_session_bytes"].Set(uint32(lim.maxLine() + lim.maxHeader)); err != nil {
+	if err := spec.Variables["ht_max_session_bytes"].Set(uint32(lim.sessionLimit())); err != nil {
 		return objs, fmt.Errorf("set session limit: %w", err)
 	}
 	spec.Maps["ht_sessions"].MaxEntries = uint32(maxSessions)
@@ -322,6 +320,13 @@ func (t *Tracer) release(rel []Release) {
 			continue
 		}
 		if !seqLT(s.StartSeq, r.Before) {
+			continue
+		}
+		if r.Reset {
+			// Racy with the filter's own add, which is harmless: the
+			// count only bounds how much one message may feed us.
+			s.Bytes = 0
+			_ = t.objs.HtSessions.Update(&key, &s, ebpf.UpdateExist)
 			continue
 		}
 		if err := t.objs.HtSessions.Delete(&key); err == nil {
