@@ -159,7 +159,10 @@ func acceptAll(fds []int, stop <-chan struct{}) error {
 			default:
 			}
 			n, err := unix.EpollWait(ep, evs, 100)
-			if err != nil && !errors.Is(err, unix.EINTR) {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			if err != nil {
 				return
 			}
 			for _, ev := range evs[:n] {
