@@ -1,13 +1,11 @@
 package firewall
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"time"
 
-	"sigs.k8s.io/yaml"
+	"github.com/sockgate/sockgate/internal/netspec"
 )
 
 // RuleSpec is one rule as written in a rules file or given on the command
@@ -25,22 +23,7 @@ type RuleSpec struct {
 
 // PortSpec is a port or range as written in a file: 22, "22" or
 // "6000-6063".
-type PortSpec string
-
-// UnmarshalJSON accepts a number or a string.
-func (p *PortSpec) UnmarshalJSON(b []byte) error {
-	var s string
-	if err := json.Unmarshal(b, &s); err == nil {
-		*p = PortSpec(s)
-		return nil
-	}
-	var n json.Number
-	if err := json.Unmarshal(b, &n); err != nil {
-		return fmt.Errorf("a port must be a number or a string such as \"6000-6063\", not %s", b)
-	}
-	*p = PortSpec(n.String())
-	return nil
-}
+type PortSpec = netspec.PortSpec
 
 // File is a rules file:
 //
@@ -98,18 +81,9 @@ func (s RuleSpec) Rule(now time.Time) (Rule, error) {
 // ParseFile parses and validates a whole rules file (YAML or JSON).
 // Unknown keys are errors, so a typo can't silently widen a rule.
 func ParseFile(data []byte, now time.Time) ([]Rule, error) {
-	js, err := yaml.YAMLToJSON(data)
-	if err != nil {
-		return nil, fmt.Errorf("not valid YAML: %w", err)
-	}
-	if bytes.Equal(bytes.TrimSpace(js), []byte("null")) {
-		return nil, fmt.Errorf("the file is empty; write `rules: []` for an empty rule set")
-	}
 	var f File
-	dec := json.NewDecoder(bytes.NewReader(js))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&f); err != nil {
-		return nil, fmt.Errorf("not a rules file: %w", err)
+	if err := netspec.DecodeFile(data, &f, "write `rules: []` for an empty rule set"); err != nil {
+		return nil, err
 	}
 	if f.Rules == nil {
 		return nil, fmt.Errorf("no rules key; write `rules: []` for an empty rule set")

@@ -12,9 +12,10 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/sockgate/sockgate/internal/netspec"
 )
 
 // Mode is what a match means on an interface.
@@ -101,81 +102,19 @@ func (r PortRange) Contains(p uint16) bool {
 	return r.Any() || (p >= r.First && p <= r.Last)
 }
 
-func (r PortRange) String() string {
-	if r.First == r.Last {
-		return strconv.Itoa(int(r.First))
-	}
-	return fmt.Sprintf("%d-%d", r.First, r.Last)
-}
+func (r PortRange) String() string { return netspec.PortRange(r).String() }
 
 // ParsePortRange parses "P" or "P-Q" with 1 <= P <= Q <= 65535.
 func ParsePortRange(s string) (PortRange, error) {
-	first, last, isRange := strings.Cut(s, "-")
-	lo, err := parsePort(first)
-	if err != nil {
-		return PortRange{}, fmt.Errorf("port %q: %w", s, err)
-	}
-	hi := lo
-	if isRange {
-		if hi, err = parsePort(last); err != nil {
-			return PortRange{}, fmt.Errorf("port range %q: %w", s, err)
-		}
-		if hi < lo {
-			return PortRange{}, fmt.Errorf("port range %q: first port is above the last", s)
-		}
-	}
-	return PortRange{First: lo, Last: hi}, nil
-}
-
-func parsePort(s string) (uint16, error) {
-	n, err := strconv.ParseUint(s, 10, 32)
-	if err != nil {
-		return 0, fmt.Errorf("%q is not a number", s)
-	}
-	if n < 1 || n > 65535 {
-		return 0, fmt.Errorf("%d is out of range (1-65535)", n)
-	}
-	return uint16(n), nil
+	r, err := netspec.ParsePortRange(s)
+	return PortRange(r), err
 }
 
 // ParsePrefix parses a CIDR or a bare address (taken as /32 or /128). It
 // refuses host bits past the prefix length and IPv4-mapped IPv6 prefixes,
 // because either almost always means the operator meant something else.
 func ParsePrefix(s string) (netip.Prefix, error) {
-	if !strings.Contains(s, "/") {
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			return netip.Prefix{}, fmt.Errorf("%q is not an IP address or CIDR", s)
-		}
-		if a.Zone() != "" {
-			return netip.Prefix{}, fmt.Errorf("%s: addresses with a zone are not supported", s)
-		}
-		s = fmt.Sprintf("%s/%d", s, a.BitLen())
-	}
-	addr, bitsText, _ := strings.Cut(s, "/")
-	a, err := netip.ParseAddr(addr)
-	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("%s: %q is not an IP address", s, addr)
-	}
-	if a.Zone() != "" {
-		return netip.Prefix{}, fmt.Errorf("%s: addresses with a zone are not supported", s)
-	}
-	bits, err := strconv.Atoi(bitsText)
-	if err != nil || bits < 0 || bits > a.BitLen() {
-		family := "IPv4"
-		if a.Is6() {
-			family = "IPv6"
-		}
-		return netip.Prefix{}, fmt.Errorf("%s: prefix length %s is out of range for %s (0-%d)", s, bitsText, family, a.BitLen())
-	}
-	p := netip.PrefixFrom(a, bits)
-	if a.Is4In6() {
-		return netip.Prefix{}, fmt.Errorf("%s: IPv4-mapped IPv6 prefixes never match; write the IPv4 form (%s)", s, netip.PrefixFrom(a.Unmap(), max(bits-96, 0)))
-	}
-	if p.Masked() != p {
-		return netip.Prefix{}, fmt.Errorf("%s: host bits are set past /%d; did you mean %s?", s, bits, p.Masked())
-	}
-	return p, nil
+	return netspec.ParsePrefix(s)
 }
 
 // Rule selects packets. Zero fields select everything: a rule with only
