@@ -421,6 +421,10 @@ func scalarALU(aop asm.ALUOp, is64 bool, a, b scalar) (scalar, bool) {
 	if aop == asm.Div || aop == asm.Mod || aop == asm.SDiv || aop == asm.SMod {
 		return unknownScalar(), true
 	}
+	// So is a shift by an unknown amount or one not below the width.
+	if (aop == asm.LSh || aop == asm.RSh || aop == asm.ArSh) && (!b.isConst() || b.value() >= 32 && !is64 || b.value() >= 64) {
+		return unknownScalar(), true
+	}
 	if a.isConst() && b.isConst() {
 		r, ok := constALU(aop, is64, a.value(), b.value())
 		if !ok {

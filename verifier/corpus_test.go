@@ -185,6 +185,9 @@ func regressions() []corpusCase {
 		{name: "ctx-compared-with-null-explores-both", typ: ebpf.XDP, rule: "ctx-access", insns: ins(
 			asm.JEq.Imm(asm.R1, 0, "w"), asm.Mov.Imm(asm.R0, 2), asm.Return(),
 			asm.StoreImm(asm.R1, 16, 0, asm.Word).WithSymbol("w"), asm.Mov.Imm(asm.R0, 2), asm.Return())},
+		{name: "oversized-register-shift-is-unknown", typ: ebpf.SocketFilter, rule: "invalid-shift", insns: ins(
+			asm.Mov.Imm(asm.R8, 49), asm.LSh.Reg32(asm.R8, asm.R8), asm.Mov.Imm(asm.R0, 0), asm.JSGT.Imm(asm.R8, 0, "out"),
+			asm.ArSh.Imm(asm.R0, -5), asm.Return().WithSymbol("out"))},
 		{name: "sk-lookup-return-range", typ: ebpf.SkLookup, rule: "return-value", insns: ins(asm.Mov.Imm(asm.R0, 2), asm.Return())},
 		{name: "sk-lookup-ctx-sk-is-unreferenced", typ: ebpf.SkLookup, insns: ins(asm.LoadMem(asm.R1, asm.R1, 0, asm.DWord),
 			asm.JEq.Imm(asm.R1, 0, "out"), asm.LoadMem(asm.R2, asm.R1, 4, asm.Word), asm.Mov.Imm(asm.R0, 1).WithSymbol("out"), asm.Return())},

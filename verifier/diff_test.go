@@ -86,7 +86,7 @@ func genProgram(s *byteSource) (ebpf.ProgramType, asm.Instructions) {
 	}
 	n := 4 + s.n(28)
 	for k := 0; k < n; k++ {
-		switch s.n(20) {
+		switch s.n(21) {
 		case 0, 1, 2:
 			op := aluOps[s.n(len(aluOps))]
 			var ins asm.Instruction
@@ -206,6 +206,23 @@ func genProgram(s *byteSource) (ebpf.ProgramType, asm.Instructions) {
 				useSub = true
 			default:
 				add(asm.JEq.Imm(reg(), 0, "skip"))
+			}
+		case 17:
+			// Moves of a (possible) socket pointer in r0 and reads
+			// of socket fields.
+			switch s.n(5) {
+			case 0:
+				add(asm.StoreMem(asm.RFP, -24, asm.R0, asm.DWord))
+			case 1:
+				add(asm.LoadMem(asm.R0, asm.RFP, -24, asm.DWord))
+			case 2:
+				add(asm.Mov.Reg(reg(), asm.R0))
+			default:
+				off := int16(s.n(84))
+				if !risky() {
+					off &^= int16(3)
+				}
+				add(asm.LoadMem(reg(), asm.R0, off, sizes[s.n(4)]))
 			}
 		default:
 			j := jmpOps[s.n(len(jmpOps))]

@@ -39,6 +39,9 @@ func TestSockgateObjects(t *testing.T) {
 				t.Fatal(err)
 			}
 			wantLeak := strings.Contains(filepath.Base(path), "leak")
+			if cerr := Check(spec); (cerr != nil) != wantLeak {
+				t.Errorf("Check: %v, want error=%v", cerr, wantLeak)
+			}
 			if wantLeak {
 				if len(rep.Rejected) == 0 {
 					t.Errorf("leaking object accepted")

@@ -254,6 +254,24 @@ func VerifyCollection(coll *ebpf.CollectionSpec, typ ebpf.ProgramType) (*Collect
 	return rep, nil
 }
 
+// Check verifies every program of a collection and returns the first
+// rejection as an error (a *Rejection), or nil when all are accepted. It
+// is the call for loaders that verify an object before loading it:
+//
+//	if err := verifier.Check(spec); err != nil {
+//		return fmt.Errorf("load guard: %w", err)
+//	}
+func Check(coll *ebpf.CollectionSpec) error {
+	rep, err := VerifyCollection(coll, ebpf.UnspecifiedProgram)
+	if err != nil {
+		return err
+	}
+	if len(rep.Rejected) > 0 {
+		return rep.Rejected[0]
+	}
+	return nil
+}
+
 // lineOf renders the BTF line info of an instruction as file:line.
 func lineOf(ins asm.Instruction) string {
 	if l, ok := ins.Source().(*btf.Line); ok && l != nil {
