@@ -17,6 +17,8 @@ type Segment struct {
 	Payload []byte
 	// Time is when the packet was received.
 	Time time.Time
+	// VLAN is the packet's VLAN ID, 0 for none.
+	VLAN uint16
 }
 
 // Release asks the caller to remove a flow from the kernel's session map,
@@ -97,6 +99,7 @@ type flowState struct {
 	pending  map[uint32][]byte
 	pendSize int
 	lastSeen time.Time
+	vlan     uint16 // of the segment that began the message
 	// skip is the number of body bytes still to come before the next
 	// message can start (a Content-Length body that spans segments).
 	skip int
@@ -236,6 +239,7 @@ func (a *Assembler) newFlow(seg Segment) *flowState {
 		next:     seg.Seq + uint32(len(seg.Payload)),
 		buf:      append(make([]byte, 0, max(len(seg.Payload), 512)), seg.Payload...),
 		lastSeen: seg.Time,
+		vlan:     seg.VLAN,
 	}
 	a.flows[seg.Flow] = st
 	return st
@@ -305,6 +309,7 @@ func (a *Assembler) advance(f Flow, st *flowState, now time.Time) ([]Record, []R
 			a.stats.Malformed++
 			return recs, a.finish(f, st, now)
 		}
+		p.rec.VLAN = st.vlan
 		recs = append(recs, a.record(f, p.rec, now))
 		if p.status != complete {
 			return recs, a.finish(f, st, now)
@@ -355,6 +360,7 @@ func (a *Assembler) Expire(now time.Time) ([]Record, []Release) {
 			p := parseMessage(st.buf, a.lim)
 			if p.status == needMore && p.rec.Kind != "" {
 				p.rec.Incomplete = true
+				p.rec.VLAN = st.vlan
 				recs = append(recs, a.record(f, p.rec, st.lastSeen))
 			}
 		}

@@ -252,6 +252,14 @@ func TestDecodeSegment(t *testing.T) {
 			}
 		})
 	}
+	// The first tag left in the frame names the VLAN; an IP header none.
+	q := mustBuild(nettest.NewPacket().Ethernet(nil, nil).VLAN(300).VLAN(42).IPv4(cli4, srv4).TCP(1, 80))
+	if got := frameVLAN(q[18:], etherTypeIPv4); got != 42 {
+		t.Errorf("frameVLAN of the inner tag = %d, want 42", got)
+	}
+	if got := frameVLAN(q[22:], etherTypeIPv4); got != 0 {
+		t.Errorf("frameVLAN of an IPv4 header = %d, want 0", got)
+	}
 	// Ethernet padding after the IP datagram is not payload.
 	frame, _ := tcp4(1, 2, 3, "GET").Build()
 	padded := append(frame[14:], 0, 0, 0, 0, 0, 0)

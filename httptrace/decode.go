@@ -172,3 +172,30 @@ func decodeSegment(data []byte, proto uint16) (Flow, uint32, []byte, error) {
 	flow := Flow{Src: netip.AddrPortFrom(src, sport), Dst: netip.AddrPortFrom(dst, dport)}
 	return flow, seq, data[payloadOff:l3End], nil
 }
+
+// frameVLAN returns the VLAN ID of the first tag still in a packet's data
+// (see decodeSegment for when there is one), or 0.
+func frameVLAN(data []byte, proto uint16) uint16 {
+	switch proto {
+	case etherTypeIPv4, etherTypeIPv6, etherTypeVLAN, etherTypeQinQ:
+	default:
+		return 0
+	}
+	if len(data) < 4 {
+		return 0
+	}
+	if v := data[0] >> 4; v == 4 || v == 6 {
+		return 0
+	}
+	return binary.BigEndian.Uint16(data) & 0xfff
+}
+
+// setVLAN stamps records that have no VLAN ID yet with vlan.
+func setVLAN(recs []Record, vlan uint16) []Record {
+	for i := range recs {
+		if recs[i].VLAN == 0 {
+			recs[i].VLAN = vlan
+		}
+	}
+	return recs
+}

@@ -194,7 +194,7 @@ func TestTraceEndToEnd(t *testing.T) {
 		})
 		r := findURL(recs, "/simple?x=1")
 		if r.Method != "GET" || r.Version != "HTTP/1.1" || r.Host != "simple.test" || r.Dst != srv4 ||
-			r.Src.Addr() != topo.ClientLink.Addr4 || r.Truncated || r.Incomplete {
+			r.Src.Addr() != topo.ClientLink.Addr4 || r.Truncated || r.Incomplete || r.VLAN != 0 {
 			t.Errorf("record %+v", r)
 		}
 		if r.Time.Before(start) || r.Time.After(time.Now()) {
@@ -479,10 +479,11 @@ func TestTraceVLANAndPort(t *testing.T) {
 	recs := all.waitFor(t, "both tagged requests", func(recs []Record) bool {
 		return hasURL(recs, "/vlan/split") && hasURL(recs, "/qinq")
 	})
-	if r := findURL(recs, "/vlan/split"); r.Host != "vlan.test" || r.Src != netip.AddrPortFrom(src4, 40000) {
+	if r := findURL(recs, "/vlan/split"); r.Host != "vlan.test" || r.Src != netip.AddrPortFrom(src4, 40000) || r.VLAN != 42 {
 		t.Errorf("802.1Q record %+v", r)
 	}
-	if r := findURL(recs, "/qinq"); r.Host != "qinq.test" || r.Dst != netip.AddrPortFrom(dst6, 81) {
+	// The outer tag (100) is in the metadata; the record names it.
+	if r := findURL(recs, "/qinq"); r.Host != "qinq.test" || r.Dst != netip.AddrPortFrom(dst6, 81) || r.VLAN != 100 {
 		t.Errorf("QinQ record %+v", r)
 	}
 	port80.waitFor(t, "the port-80 request", func(recs []Record) bool { return hasURL(recs, "/vlan/split") })

@@ -44,6 +44,8 @@ type Record struct {
 	// Truncated is true when the URL or reason was longer than the
 	// configured maximum; the text then ends with TruncatedMarker.
 	Truncated bool `json:"truncated,omitempty"`
+	// VLAN is the outermost VLAN ID the message arrived with, 0 for none.
+	VLAN uint16 `json:"vlan,omitempty"`
 	// Incomplete is true when the request line was complete but the
 	// header block never ended (the session went idle or the headers
 	// exceeded their limit), so Host may be missing.
@@ -69,6 +71,10 @@ func (r Record) String() string {
 			b.WriteByte(' ')
 			b.WriteString(r.Reason)
 		}
+		if r.VLAN != 0 {
+			b.WriteString(" vlan=")
+			b.WriteString(strconv.Itoa(int(r.VLAN)))
+		}
 		return b.String()
 	}
 	b.WriteString(r.Method)
@@ -78,6 +84,10 @@ func (r Record) String() string {
 	b.WriteString(r.Version)
 	b.WriteString(" host=")
 	b.WriteString(r.Host)
+	if r.VLAN != 0 {
+		b.WriteString(" vlan=")
+		b.WriteString(strconv.Itoa(int(r.VLAN)))
+	}
 	if r.Incomplete {
 		b.WriteString(" (headers incomplete)")
 	}

@@ -191,6 +191,9 @@ func (t *Tracer) openSocket(ifc *net.Interface) error {
 			return fmt.Errorf("ignore outgoing on %s: %w", ifc.Name, err)
 		}
 	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_AUXDATA, 1); err != nil {
+		return fmt.Errorf("enable packet auxdata: %w", err)
+	}
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1); err != nil {
 		return fmt.Errorf("enable packet timestamps: %w", err)
 	}
@@ -221,7 +224,8 @@ func (t *Tracer) Close() error {
 // called concurrently with itself.
 func (t *Tracer) Run(ctx context.Context, emit func(Record) error) error {
 	buf := make([]byte, 1<<16+256)
-	oob := make([]byte, unix.CmsgSpace(int(unsafe.Sizeof(unix.Timespec{}))))
+	oob := make([]byte, unix.CmsgSpace(int(unsafe.Sizeof(unix.Timespec{})))+
+		unix.CmsgSpace(int(unsafe.Sizeof(unix.TpacketAuxdata{}))))
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil
@@ -236,14 +240,15 @@ func (t *Tracer) Run(ctx context.Context, emit func(Record) error) error {
 			}
 			return fmt.Errorf("read packet socket: %w", err)
 		}
-		if err := t.handle(buf, n, packetTime(oob[:oobn]), from, emit); err != nil {
+		if err := t.handle(buf, n, oob[:oobn], from, emit); err != nil {
 			return err
 		}
 	}
 }
 
 // handle processes one packet read from the socket.
-func (t *Tracer) handle(buf []byte, n int, at time.Time, from unix.Sockaddr, emit func(Record) error) error {
+func (t *Tracer) handle(buf []byte, n int, oob []byte, from unix.Sockaddr, emit func(Record) error) error {
+	at, vlan := packetMeta(oob)
 	t.mu.Lock()
 	t.received++
 	ll, ok := from.(*unix.SockaddrLinklayer)
@@ -253,13 +258,18 @@ func (t *Tracer) handle(buf []byte, n int, at time.Time, from unix.Sockaddr, emi
 		return nil
 	}
 	n = min(n, len(buf)) // MSG_TRUNC reports the full length
-	flow, seq, payload, err := decodeSegment(buf[:n], htons(ll.Protocol))
+	proto := htons(ll.Protocol)
+	flow, seq, payload, err := decodeSegment(buf[:n], proto)
 	if err != nil {
 		t.undecodable++
 		t.mu.Unlock()
 		return nil
 	}
-	recs, rel := t.asm.Add(Segment{Flow: flow, Seq: seq, Payload: payload, Time: at})
+	recs, rel := t.asm.Add(Segment{Flow: flow, Seq: seq, Payload: payload, Time: at, VLAN: vlan})
+	if vlan == 0 {
+		// No tag in the metadata; the first one left in the frame, if any.
+		recs = setVLAN(recs, frameVLAN(buf[:n], proto))
+	}
 	t.release(rel)
 	t.mu.Unlock()
 	return t.emitAll(recs, emit)
@@ -283,22 +293,35 @@ func (t *Tracer) age(emit func(Record) error) error {
 	return t.emitAll(recs, emit)
 }
 
-// packetTime returns the kernel's receive timestamp of a packet from its
-// control message (SO_TIMESTAMPNS), so that records carry the time the
-// packet was on the wire even when the tracer reads a backlog; the current
-// time when there is none.
-func packetTime(oob []byte) time.Time {
+// packetMeta reads a packet's control messages: the kernel's receive
+// timestamp (SO_TIMESTAMPNS), so that records carry the time the packet
+// was on the wire even when the tracer reads a backlog (the current time
+// when there is none), and the VLAN ID the kernel moved from the frame
+// into the skb metadata (PACKET_AUXDATA), 0 when there was none.
+func packetMeta(oob []byte) (time.Time, uint16) {
+	at := time.Time{}
+	var vlan uint16
 	msgs, err := unix.ParseSocketControlMessage(oob)
 	if err == nil {
 		for _, m := range msgs {
-			if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPNS &&
-				len(m.Data) >= int(unsafe.Sizeof(unix.Timespec{})) {
+			switch {
+			case m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPNS &&
+				len(m.Data) >= int(unsafe.Sizeof(unix.Timespec{})):
 				ts := (*unix.Timespec)(unsafe.Pointer(&m.Data[0]))
-				return time.Unix(ts.Unix())
+				at = time.Unix(ts.Unix())
+			case m.Header.Level == unix.SOL_PACKET && m.Header.Type == unix.PACKET_AUXDATA &&
+				len(m.Data) >= int(unsafe.Sizeof(unix.TpacketAuxdata{})):
+				aux := (*unix.TpacketAuxdata)(unsafe.Pointer(&m.Data[0]))
+				if aux.Status&unix.TP_STATUS_VLAN_VALID != 0 {
+					vlan = aux.Vlan_tci & 0xfff
+				}
 			}
 		}
 	}
-	return time.Now()
+	if at.IsZero() {
+		at = time.Now()
+	}
+	return at, vlan
 }
 
 func (t *Tracer) emitAll(recs []Record, emit func(Record) error) error {
