@@ -492,9 +492,12 @@ func run(scenario string) error {
 		}
 		c.lat, c.failures = nil, 0
 	}
+	// Rounds rotate the order too, so no contender always runs right
+	// after another's burst.
 	per := *connects / *rounds
-	for range *rounds {
-		for _, c := range all {
+	for r := range *rounds {
+		for i := range all {
+			c := all[(i+r)%len(all)]
 			if err := c.connectRound(per, rng); err != nil {
 				return err
 			}
