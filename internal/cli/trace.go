@@ -49,7 +49,7 @@ func newTraceHTTPCmd(g *globals) *cobra.Command {
 		Long: `trace http attaches a socket filter to a packet socket on IFACE and prints
 one line per HTTP request:
 
-  time src:port -> dst:port METHOD URL HTTP/x.y host=HOST
+  time src:port -> dst:port METHOD URL HTTP/x.y host=HOST [vlan=ID]
 
 and one per response status line (time src:port -> dst:port HTTP/x.y 200 OK),
 in place of ` + "`tcpdump -A | grep GET`" + `. The filter runs in the kernel: it keeps a TCP
