@@ -345,9 +345,10 @@ func TestTraceEndToEnd(t *testing.T) {
 	})
 
 	t.Run("non-HTTP flood stays in the kernel", func(t *testing.T) {
-		// A sink that reads and discards on port 81: binary garbage
+		// A sink that reads and discards on port 80 (of the IPv6
+		// address; the HTTP server has IPv4 port 80): binary garbage
 		// segments, as many as the kernel will send one by one.
-		sink := topo.Server.ListenTCP(t, netip.AddrPortFrom(topo.ServerLink.Addr4, 81))
+		sink := topo.Server.ListenTCP(t, netip.AddrPortFrom(topo.ServerLink.Addr6, 80))
 		go func() {
 			for {
 				c, err := sink.Accept()

@@ -228,3 +228,30 @@ func TestRates(t *testing.T) {
 		t.Errorf("ParseHook accepted kprobe")
 	}
 }
+
+// BenchmarkCount measures the counting programs per packet through
+// BPF_PROG_TEST_RUN on a TCP/IPv4 frame.
+func BenchmarkCount(b *testing.B) {
+	var objs statsObjects
+	if err := loadStatsObjects(&objs, nil); err != nil {
+		b.Fatal(err)
+	}
+	defer objs.Close()
+	frame := nettest.NewPacket().Ethernet(nil, nil).IPv4(src4, dst4).TCP(1, 80).Payload([]byte("payload")).Bytes()
+	for _, p := range []struct {
+		name string
+		prog *ebpf.Program
+	}{{"xdp", objs.StatsXdp}, {"tc", objs.StatsTcIngress}} {
+		b.Run(p.name, func(b *testing.B) {
+			var total float64
+			for b.Loop() {
+				_, d, err := p.prog.Benchmark(frame, 10000, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				total += float64(d.Nanoseconds())
+			}
+			b.ReportMetric(total/float64(b.N), "ns/packet")
+		})
+	}
+}
