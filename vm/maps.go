@@ -587,13 +587,9 @@ func (e *Engine) DumpJSON() ([]byte, error) {
 			continue
 		}
 		d := mapDump{Type: m.Type.String(), Entries: []entryDump{}}
-		for _, k := range m.Keys() {
-			v := m.lookupRaw(k)
-			if v == nil {
-				continue
-			}
+		m.Range(func(k, v []byte) bool {
 			if m.isArray() && isZero(v) {
-				continue
+				return true
 			}
 			ed := entryDump{Key: hex.EncodeToString(k)}
 			if m.perCPU() {
@@ -604,7 +600,8 @@ func (e *Engine) DumpJSON() ([]byte, error) {
 				ed.Value = hex.EncodeToString(v)
 			}
 			d.Entries = append(d.Entries, ed)
-		}
+			return true
+		})
 		out[name] = d
 	}
 	return json.MarshalIndent(out, "", "  ")
@@ -719,4 +716,32 @@ func (m *Map) Inner(key []byte) *Map {
 		return nil
 	}
 	return m.inner[string(key)]
+}
+
+// Range calls fn for every element of an array or hash map, in key order
+// for hashes and index order for arrays, until fn returns false. value
+// aliases the map's storage (all CPUs' values for per-CPU maps) and must
+// not be kept or modified.
+func (m *Map) Range(fn func(key, value []byte) bool) {
+	switch {
+	case m.isArray():
+		n := int(m.ValueSize)
+		if m.perCPU() {
+			n *= m.cpus
+		}
+		key := make([]byte, 4)
+		for i := uint32(0); i < m.MaxEntries; i++ {
+			binary.LittleEndian.PutUint32(key, i)
+			off := int(i) * n
+			if !fn(key, m.array[off:off+n:off+n]) {
+				return
+			}
+		}
+	case m.isHash():
+		for _, k := range m.Keys() {
+			if !fn(k, m.hash[string(k)].val) {
+				return
+			}
+		}
+	}
 }

@@ -76,6 +76,9 @@ func (s *Socket) fullSock() bool {
 }
 
 func (s *Socket) family() uint32 {
+	if !s.Local.IsValid() {
+		return 0 // AF_UNSPEC
+	}
 	if s.Local.Addr().Is4() {
 		return 2 // AF_INET
 	}
@@ -450,3 +453,9 @@ func (m *machine) releaseAll() {
 		}
 	}
 }
+
+// TestRunSocket returns a socket like the one BPF_PROG_TEST_RUN attaches
+// to the skbs it builds (an AF_UNSPEC socket of no protocol), for
+// comparing skb programs with the kernel: with it, __sk_buff.sk is not
+// NULL, as in the kernel's test runs.
+func TestRunSocket() *Socket { return &Socket{Cookie: 1 << 62} }

@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/sockgate/sockgate/vm"
 )
@@ -28,6 +29,9 @@ type Options struct {
 	IgnoreMaps []string
 	// IgnorePacket skips the output packet comparison.
 	IgnorePacket bool
+	// MapsAtEnd compares map contents once after the last frame instead of
+	// after every frame (for objects with very large arrays).
+	MapsAtEnd bool
 	// VM are the vm's options (CPUs is set to the kernel's possible CPUs).
 	VM vm.Options
 	// InKernel, if set, wraps each kernel run (for example NS.Do, so a
@@ -89,6 +93,11 @@ func Compare(tb testing.TB, spec *ebpf.CollectionSpec, prog string, frames [][]b
 	if compared == 0 && len(frames) > 0 {
 		tb.Fatalf("the kernel rejected every frame; nothing was compared")
 	}
+	if opts.MapsAtEnd {
+		if err := p.CompareMaps(); err != nil {
+			tb.Fatalf("after %d frames: %v", len(frames), err)
+		}
+	}
 	return p
 }
 
@@ -126,7 +135,16 @@ func (p *Pair) CompareOne(prog string, frame []byte) error {
 	if err != nil {
 		return err
 	}
-	res, err := vp.RunPacket(frame)
+	var res vm.PacketResult
+	switch vp.Type {
+	case ebpf.SchedCLS, ebpf.SchedACT, ebpf.SocketFilter:
+		// The kernel's test run gives the skb a dummy socket.
+		var r vm.SKBResult
+		r, err = vp.RunSKB(vm.SKBInput{Packet: frame, Ifindex: 1, Socket: vm.TestRunSocket()})
+		res = vm.PacketResult{Return: r.Return, Packet: r.Packet, Redirect: r.Redirect}
+	default:
+		res, err = vp.RunPacket(frame)
+	}
 	if err != nil {
 		return fmt.Errorf("vm run: %w (kernel returned %d)", err, ret)
 	}
@@ -145,6 +163,9 @@ func (p *Pair) CompareOne(prog string, frame []byte) error {
 	}
 	if !p.opts.IgnorePacket && !bytes.Equal(kout, vout) {
 		return fmt.Errorf("output packet:\nkernel %x\nvm     %x", opts.DataOut, res.Packet)
+	}
+	if p.opts.MapsAtEnd {
+		return nil
 	}
 	return p.CompareMaps()
 }
@@ -176,12 +197,20 @@ func (p *Pair) CompareMaps() error {
 			return fmt.Errorf("map %s: %w", name, err)
 		}
 		vc := map[string]string{}
-		for _, k := range vmap.Keys() {
-			v, err := vmap.Lookup(k)
-			if err != nil {
-				return fmt.Errorf("map %s: vm lookup: %w", name, err)
+		array := vmap.Type == ebpf.Array || vmap.Type == ebpf.PerCPUArray
+		vmap.Range(func(k, v []byte) bool {
+			// All-zero array elements are left out on both sides.
+			if !array || !allZero(v) {
+				vc[hex.EncodeToString(k)] = hex.EncodeToString(v)
 			}
-			vc[hex.EncodeToString(k)] = canon(v, vmap)
+			return true
+		})
+		if array {
+			for k, v := range kc {
+				if b, _ := hex.DecodeString(v); allZero(b) {
+					delete(kc, k)
+				}
+			}
 		}
 		if perCPU(vmap.Type) {
 			for k, v := range kc {
@@ -202,7 +231,14 @@ func perCPU(t ebpf.MapType) bool {
 	return t == ebpf.PerCPUArray || t == ebpf.PerCPUHash || t == ebpf.LRUCPUHash
 }
 
-func canon(v []byte, m *vm.Map) string { return hex.EncodeToString(v) }
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
 
 // sumWords adds the per-CPU values of a hex string word by word.
 func sumWords(h string, size int) string {
@@ -228,6 +264,9 @@ func kernelContents(m *ebpf.Map) (map[string]string, error) {
 	info, err := m.Info()
 	if err != nil {
 		return nil, err
+	}
+	if ok, err := batchContents(m, info, out); ok || err != nil {
+		return out, err
 	}
 	vs := int(info.ValueSize)
 	if perCPU(m.Type()) {
@@ -295,4 +334,57 @@ func diff(k, v map[string]string) string {
 		}
 	}
 	return b.String()
+}
+
+// batchContents reads m with BPF_MAP_LOOKUP_BATCH, which big arrays need to
+// be compared after every packet in reasonable time. It reports false when
+// the map type has no batch support.
+func batchContents(m *ebpf.Map, info *ebpf.MapInfo, out map[string]string) (bool, error) {
+	const chunk = 4096
+	ks, vs := int(info.KeySize), int(info.ValueSize)
+	if ks == 0 || vs == 0 {
+		return false, nil
+	}
+	byteArr := reflect.TypeOf(byte(0))
+	keys := reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(ks, byteArr)), chunk, chunk)
+	nv := chunk
+	cpus := 1
+	if perCPU(m.Type()) {
+		if vs%8 != 0 {
+			return false, nil
+		}
+		n, err := ebpf.PossibleCPU()
+		if err != nil {
+			return false, err
+		}
+		cpus = n
+		nv = chunk * n
+	}
+	vals := reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(vs, byteArr)), nv, nv)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&cursor, keys.Interface(), vals.Interface(), nil)
+		array := m.Type() == ebpf.Array || m.Type() == ebpf.PerCPUArray
+		for i := 0; i < n; i++ {
+			vb := vals.Slice(i*cpus, (i+1)*cpus)
+			raw := make([]byte, 0, vs*cpus)
+			for c := 0; c < cpus; c++ {
+				raw = append(raw, vb.Index(c).Slice(0, vs).Bytes()...)
+			}
+			if array && allZero(raw) {
+				continue
+			}
+			out[hex.EncodeToString(keys.Index(i).Slice(0, ks).Bytes())] = hex.EncodeToString(raw)
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return true, nil
+		}
+		if err != nil {
+			if errors.Is(err, ebpf.ErrNotSupported) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) {
+				clear(out)
+				return false, nil
+			}
+			return false, err
+		}
+	}
 }
