@@ -25,7 +25,7 @@
 # default route, so its SYN-ACKs to them are dropped at routing.
 #
 # Needs root, iproute2, nftables, conntrack, hping3, iperf3, bpftool and Go.
-# Usage: bench/guard-synflood.sh [FLOOD_SECONDS] [IPERF_SECONDS]
+# Usage: [ROUNDS=3] [SKIP_FLOOD=1] bench/guard-synflood.sh [FLOOD_SECONDS] [IPERF_SECONDS]
 set -euo pipefail
 
 FLOOD=${1:-10}
@@ -128,6 +128,7 @@ flood() {
 		awk '/packets transmitted/ {print $1}'
 }
 
+if [ "${SKIP_FLOOD:-0}" = 0 ]; then
 echo "## SYN flood (${FLOOD}s per phase, hping3 --flood --rand-source)"
 echo "config,closed_flood_pkts,state_after_closed,open_flood_pkts,state_after_open,legit_ok,legit_median,legit_worst"
 for cfg in none guard nftables; do
@@ -144,6 +145,7 @@ for cfg in none guard nftables; do
 	teardown "$cfg"
 	sleep 1
 done
+fi
 
 # Throughput: ROUNDS rounds, the three configurations interleaved in each,
 # so load from elsewhere on the machine hits them alike; the median counts.
@@ -152,7 +154,10 @@ echo
 echo "## iperf3, one TCP stream, ${IPERF}s, $ROUNDS interleaved rounds (Gbit/s)"
 declare -A runs
 for r in $(seq "$ROUNDS"); do
-	for cfg in none guard nftables; do
+	# rotate the order each round
+	order=(none guard nftables)
+	order=("${order[@]:$((r % 3))}" "${order[@]:0:$((r % 3))}")
+	for cfg in "${order[@]}"; do
 		setup "$cfg"
 		gbps=$(ip netns exec "$GEN" iperf3 -c 198.18.0.2 -t "$IPERF" -f g 2>/dev/null |
 			awk '/receiver/ {for (i = 1; i <= NF; i++) if ($i == "Gbits/sec") print $(i-1)}')
@@ -162,8 +167,14 @@ for r in $(seq "$ROUNDS"); do
 done
 median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 base=$(echo "${runs[none]}" | median)
-echo "config,runs,median_gbps,ratio_to_none"
+# Each round's ratio to that round's unfiltered run, then the median of
+# those: pairing within a round cancels load that drifts between rounds.
+paired() {
+	paste -d' ' <(echo "${runs[$1]}" | tr ' ' '\n' | grep .) <(echo "${runs[none]}" | tr ' ' '\n' | grep .) |
+		awk '{printf "%.3f ", $1 / $2}'
+}
+echo "config,runs,median_gbps,ratio_of_medians,median_paired_ratio"
 for cfg in none guard nftables; do
 	m=$(echo "${runs[$cfg]}" | median)
-	echo "$cfg,${runs[$cfg]# },$m,$(awk -v a="$m" -v b="$base" 'BEGIN {printf "%.3f", a / b}')"
+	echo "$cfg,${runs[$cfg]# },$m,$(awk -v a="$m" -v b="$base" 'BEGIN {printf "%.3f", a / b}'),$(paired "$cfg" | median)"
 done
