@@ -56,7 +56,9 @@ func BenchmarkProgram(b *testing.B) {
 				for b.Loop() {
 					newTestFirewall(b, Deny, set.rules...)
 				}
-				b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "rules/s")
+				if n > 0 {
+					b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "rules/s")
+				}
 			})
 			fw := newTestFirewall(b, Deny, set.rules...)
 			if n > 0 {
