@@ -123,12 +123,19 @@ func (p *Program) insnString(pc int) string {
 
 // exec runs p from instruction 0 with r1 = arg until the outermost exit,
 // and returns r0.
-func (m *machine) exec(p *Program, arg uint64) (uint64, error) {
+func (m *machine) exec(p *Program, arg uint64) (r0 uint64, err error) {
 	if m.budget == 0 {
 		m.budget = DefaultBudget
 	}
 	m.left = m.budget
 	defer func() { m.used = m.budget - m.left }()
+	// Every access is checked, so a panic here is a bug in the vm; report
+	// it as a fault of this run rather than crash the caller.
+	defer func() {
+		if v := recover(); v != nil {
+			r0, err = 0, &Fault{PC: -1, Prog: p.Name, Insn: "?", Reason: fmt.Sprintf("internal error in the vm: %v", v)}
+		}
+	}()
 	return m.execAt(p, 0, [5]uint64{arg, m.r2}, 0)
 }
 

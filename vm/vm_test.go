@@ -245,3 +245,77 @@ func TestTailCallLimit(t *testing.T) {
 		t.Fatalf("program ran %d times, want 34 (1 + 33 tail calls)", n)
 	}
 }
+
+func TestPerCPUAndLRUPerCPUHash(t *testing.T) {
+	e := vm.New(vm.Options{CPUs: 3})
+	for _, typ := range []ebpf.MapType{ebpf.PerCPUHash, ebpf.LRUCPUHash} {
+		m := newMap(t, e, typ, 4, 8, 2)
+		one := []byte{1, 0, 0, 0, 0, 0, 0, 0}
+		if err := m.Update(u32(1), one, vm.UpdateAny); err != nil {
+			t.Fatal(err)
+		}
+		v, err := m.Lookup(u32(1))
+		if err != nil || len(v) != 24 || v[0] != 1 || v[8] != 1 || v[16] != 1 {
+			t.Fatalf("%s: %x %v, want the value on each of 3 CPUs", typ, v, err)
+		}
+		m.Update(u32(2), one, vm.UpdateAny)
+		err = m.Update(u32(3), one, vm.UpdateAny)
+		if typ == ebpf.PerCPUHash && !errors.Is(err, vm.ErrMapFull) {
+			t.Errorf("%s: insert into a full map: %v", typ, err)
+		}
+		if typ == ebpf.LRUCPUHash && (err != nil || m.Len() != 2) {
+			t.Errorf("%s: insert into a full LRU map: %v, %d elements", typ, err, m.Len())
+		}
+	}
+}
+
+// TestSockmapFromProgram stores a socket from a lookup into a sockhash
+// and reads it back through a sockmap lookup, releasing every reference.
+func TestSockmapFromProgram(t *testing.T) {
+	table, err := vm.ParseScenario([]byte(scenarioYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := vm.New(vm.Options{Sockets: table})
+	if _, err := e.AddMap(&ebpf.MapSpec{Name: "sh", Type: ebpf.SockHash, KeySize: 4, ValueSize: 8, MaxEntries: 4}); err != nil {
+		t.Fatal(err)
+	}
+	insns := lookupProgram(asm.FnSkLookupTcp, false)
+	// Replace the tail (mov r0, r7; exit) with: store r6 under key 7,
+	// release it, look key 7 up again, read its state, release.
+	insns = insns[:len(insns)-2]
+	insns = append(insns,
+		asm.StoreImm(asm.RFP, -24, 7, asm.Word),
+		asm.LoadMapPtr(asm.R1, 0).WithReference("sh"),
+		asm.Mov.Reg(asm.R2, asm.RFP), asm.Add.Imm(asm.R2, -24),
+		asm.Mov.Reg(asm.R3, asm.R6), asm.Mov.Imm(asm.R4, 0),
+		asm.FnMapUpdateElem.Call(),
+		asm.Mov.Reg(asm.R8, asm.R0),
+		asm.Mov.Reg(asm.R1, asm.R6), asm.FnSkRelease.Call(),
+		asm.LoadMapPtr(asm.R1, 0).WithReference("sh"),
+		asm.Mov.Reg(asm.R2, asm.RFP), asm.Add.Imm(asm.R2, -24),
+		asm.FnMapLookupElem.Call(),
+		asm.Mov.Imm(asm.R7, 99),
+		asm.JEq.Imm(asm.R0, 0, "out2"),
+		asm.Mov.Reg(asm.R6, asm.R0),
+		asm.LoadMem(asm.R7, asm.R6, 72, asm.Word),
+		asm.Mov.Reg(asm.R1, asm.R6), asm.FnSkRelease.Call(),
+		asm.Add.Reg(asm.R7, asm.R8).WithSymbol("out2"),
+		asm.Mov.Reg(asm.R0, asm.R7).WithSymbol("out"),
+		asm.Return(),
+	)
+	p, err := e.LoadProgram("sockmap", ebpf.SchedCLS, insns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	frame := make([]byte, 64)
+	res, err := p.RunSKB(vm.SKBInput{Packet: frame})
+	if err != nil || res.Return != 1 {
+		t.Fatalf("got %d, %v; want state 1 (established) read back from the sockhash", res.Return, err)
+	}
+	for _, s := range table.Sockets() {
+		if s.Refcnt != 0 {
+			t.Fatalf("%s: refcount %d", s, s.Refcnt)
+		}
+	}
+}

@@ -154,3 +154,28 @@ func TestRunCommandErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestRunCommandHostSockets reads this host's sockets through sock_diag: a
+// UDP socket bound on loopback is found by the program's lookup.
+func TestRunCommandHostSockets(t *testing.T) {
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	port := uint16(c.LocalAddr().(*net.UDPAddr).Port)
+	lo := netip.MustParseAddr("127.0.0.1")
+	frame := nettest.NewPacket().Ethernet(runMacA, runMacB).IPv4(lo, lo).UDP(1000, port).Bytes()
+	in := writePcap(t, frame)
+	code, stdout, stderr := runCLI(t, "-o", "json", "run", vmSockets, "--prog", "sk_lookups", "--pcap", in, "--host-sockets")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var rep runReport
+	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Packets) != 1 || rep.Packets[0].Return != 4 {
+		t.Fatalf("the bound UDP socket was not found: %+v", rep.Packets)
+	}
+}
