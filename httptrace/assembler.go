@@ -49,6 +49,7 @@ type AssemblerStats struct {
 	Expired     uint64 `json:"expired"`      // sessions that went idle
 	Overflow    uint64 `json:"overflow"`     // sessions dropped for exceeding buffer limits
 	ActiveFlows int    `json:"active_flows"` // sessions being reassembled now
+	Buffered    int    `json:"buffered"`     // bytes held for them
 }
 
 // AssemblerConfig bounds the assembler.
@@ -64,6 +65,11 @@ type AssemblerConfig struct {
 	// MaxFlows bounds the number of sessions reassembled at once; a new
 	// session beyond it evicts the one idle the longest.
 	MaxFlows int
+	// MaxBuffered bounds the bytes held for all sessions together; past
+	// it, the sessions idle the longest are dropped. Without it, MaxFlows
+	// sessions each holding a maximal unfinished head would need
+	// gigabytes.
+	MaxBuffered int
 }
 
 // Defaults for AssemblerConfig fields left zero.
@@ -72,6 +78,7 @@ const (
 	DefaultMaxHeader   = 16 << 10
 	DefaultIdleTimeout = 30 * time.Second
 	DefaultMaxFlows    = 16384
+	DefaultMaxBuffered = 64 << 20
 	// maxPending bounds the out-of-order segments held per flow.
 	maxPending = 64
 )
@@ -89,6 +96,9 @@ func (c AssemblerConfig) withDefaults() AssemblerConfig {
 	if c.MaxFlows <= 0 {
 		c.MaxFlows = DefaultMaxFlows
 	}
+	if c.MaxBuffered <= 0 {
+		c.MaxBuffered = DefaultMaxBuffered
+	}
 	return c
 }
 
@@ -100,6 +110,8 @@ type flowState struct {
 	pendSize int
 	lastSeen time.Time
 	vlan     uint16 // of the segment that began the message
+	// counted is this flow's share of Assembler.buffered.
+	counted int
 	// skip is the number of body bytes still to come before the next
 	// message can start (a Content-Length body that spans segments).
 	skip int
@@ -122,6 +134,9 @@ type Assembler struct {
 	flows map[Flow]*flowState
 	done  map[Flow]tombstone
 	stats AssemblerStats
+	// buffered is the memory held for all flows (buffer capacity plus
+	// out-of-order segments), bounded by cfg.MaxBuffered.
+	buffered int
 }
 
 // NewAssembler returns an Assembler with cfg's zero fields set to defaults.
@@ -139,6 +154,7 @@ func NewAssembler(cfg AssemblerConfig) *Assembler {
 func (a *Assembler) Stats() AssemblerStats {
 	s := a.stats
 	s.ActiveFlows = len(a.flows)
+	s.Buffered = a.buffered
 	return s
 }
 
@@ -152,6 +168,42 @@ func (a *Assembler) bufLimit() int { return a.lim.maxLine() + a.lim.maxHeader + 
 // Add processes one segment and returns the records it completed and the
 // kernel sessions that can be released.
 func (a *Assembler) Add(seg Segment) ([]Record, []Release) {
+	recs, rel := a.add(seg)
+	if st := a.flows[seg.Flow]; st != nil {
+		size := cap(st.buf) + st.pendSize
+		a.buffered += size - st.counted
+		st.counted = size
+	}
+	for a.buffered > a.cfg.MaxBuffered && len(a.flows) > 0 {
+		f, st := a.idlest()
+		a.stats.Overflow++
+		a.drop(f)
+		rel = append(rel, Release{Flow: f, Before: st.next})
+	}
+	return recs, rel
+}
+
+// drop forgets a flow and its share of the buffered bytes.
+func (a *Assembler) drop(f Flow) {
+	if st := a.flows[f]; st != nil {
+		a.buffered -= st.counted
+		delete(a.flows, f)
+	}
+}
+
+// idlest returns the flow that has gone longest without a segment.
+func (a *Assembler) idlest() (Flow, *flowState) {
+	var oldest Flow
+	var oldestSt *flowState
+	for f, s := range a.flows {
+		if oldestSt == nil || s.lastSeen.Before(oldestSt.lastSeen) {
+			oldest, oldestSt = f, s
+		}
+	}
+	return oldest, oldestSt
+}
+
+func (a *Assembler) add(seg Segment) ([]Record, []Release) {
 	a.stats.Segments++
 	if len(seg.Payload) == 0 {
 		return nil, nil
@@ -201,7 +253,7 @@ func (a *Assembler) Add(seg Segment) ([]Record, []Release) {
 		if len(st.pending) >= maxPending || st.pendSize+len(seg.Payload) > a.bufLimit() ||
 			int(seg.Seq-st.next) > a.bufLimit() {
 			a.stats.Overflow++
-			delete(a.flows, seg.Flow)
+			a.drop(seg.Flow)
 			return nil, []Release{{Flow: seg.Flow, Before: end}}
 		}
 		if old, ok := st.pending[seg.Seq]; ok && len(old) >= len(seg.Payload) {
@@ -223,16 +275,11 @@ func (a *Assembler) Add(seg Segment) ([]Record, []Release) {
 // newFlow starts reassembly of a message that begins with seg, evicting the
 // longest-idle flow when there are too many.
 func (a *Assembler) newFlow(seg Segment) *flowState {
-	if _, ok := a.flows[seg.Flow]; !ok && len(a.flows) >= a.cfg.MaxFlows {
-		var oldest Flow
-		var oldestAt time.Time
-		first := true
-		for f, s := range a.flows {
-			if first || s.lastSeen.Before(oldestAt) {
-				oldest, oldestAt, first = f, s.lastSeen, false
-			}
-		}
-		delete(a.flows, oldest)
+	if _, ok := a.flows[seg.Flow]; ok {
+		a.drop(seg.Flow) // restarting: its old buffer goes
+	} else if len(a.flows) >= a.cfg.MaxFlows {
+		oldest, _ := a.idlest()
+		a.drop(oldest)
 		a.stats.Overflow++
 	}
 	st := &flowState{
@@ -336,7 +383,7 @@ func (a *Assembler) record(f Flow, r Record, now time.Time) Record {
 
 // finish ends a flow's reassembly and releases its kernel session.
 func (a *Assembler) finish(f Flow, st *flowState, now time.Time) []Release {
-	delete(a.flows, f)
+	a.drop(f)
 	a.done[f] = tombstone{next: st.next, at: now}
 	if len(a.done) > 2*a.cfg.MaxFlows {
 		a.expireTombstones(now, 0)

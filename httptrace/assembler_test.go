@@ -216,6 +216,24 @@ func TestAssemblerBounds(t *testing.T) {
 	if s := a.Stats(); s.ActiveFlows != 3 {
 		t.Errorf("active flows %d, want MaxFlows 3", s.ActiveFlows)
 	}
+	// The memory budget drops the idlest flows.
+	small := NewAssembler(AssemblerConfig{MaxBuffered: 4096})
+	for i := range 20 {
+		f := Flow{Src: netip.AddrPortFrom(flowA.Src.Addr(), uint16(2000+i)), Dst: flowA.Dst}
+		small.Add(Segment{Flow: f, Seq: 1, Payload: []byte("GET /" + strings.Repeat("m", 600)), Time: t0.Add(time.Duration(i) * time.Second)})
+		if st := small.Stats(); st.Buffered > 4096 {
+			t.Fatalf("buffered %d past a 4096-byte budget", st.Buffered)
+		}
+	}
+	if st := small.Stats(); st.ActiveFlows == 0 || st.ActiveFlows >= 20 || st.Overflow == 0 {
+		t.Errorf("after the budget: %+v", st)
+	}
+	// Finished flows give their bytes back.
+	a2 := NewAssembler(AssemblerConfig{})
+	feed(a2, flowA, []seg{{0, "GET /x HTTP/1.1\r\n"}, {17, "\r\n"}})
+	if st := a2.Stats(); st.Buffered != 0 || st.ActiveFlows != 0 {
+		t.Errorf("after a finished request: %+v", st)
+	}
 	// An endless header block ends the flow with the request line.
 	recs, _ := feed(a, flowRev, []seg{{0, "GET /h HTTP/1.1\r\n" + strings.Repeat("X-A: b\r\n", 20)}})
 	if len(recs) != 1 || !recs[0].Incomplete {

@@ -70,8 +70,8 @@ func FuzzAssembler(f *testing.F) {
 		}
 		recs, _ := a.Expire(now.Add(time.Hour))
 		check(recs)
-		if s := a.Stats(); s.ActiveFlows != 0 {
-			t.Fatalf("%d flows left after expiry", s.ActiveFlows)
+		if s := a.Stats(); s.ActiveFlows != 0 || s.Buffered != 0 {
+			t.Fatalf("%d flows holding %d bytes left after expiry", s.ActiveFlows, s.Buffered)
 		}
 	})
 }
