@@ -22,6 +22,44 @@ type node struct {
 	insn     int
 	hit      int
 	miss     int
+	// read marks, per frame, the stack bytes (kind indexes) that some
+	// path from this node read before... possibly writing them: only
+	// these must match for a later state to be covered (the kernel's
+	// stack liveness). Bytes never read from here on can't matter.
+	read []stackBits
+}
+
+// stackBits is one bit per stack byte.
+type stackBits [stackSize / 64]uint64
+
+// markRead records that stack bytes [lo, hi) of frame fi were read on the
+// current path, in every ancestor node that has that frame.
+func (v *verifier) markRead(fi, lo, hi int) {
+	var want stackBits
+	for k := lo; k < hi && k < stackSize; k++ {
+		want[k/64] |= 1 << (k % 64)
+	}
+	v.orRead(fi, &want)
+}
+
+func (v *verifier) orRead(fi int, want *stackBits) {
+	for n := v.parent; n != nil; n = n.parent {
+		if fi >= len(n.read) {
+			continue
+		}
+		changed := false
+		for w := range want {
+			if n.read[fi][w]|want[w] != n.read[fi][w] {
+				n.read[fi][w] |= want[w]
+				changed = true
+			}
+		}
+		// Ancestors of a node that already had these bits have them
+		// too.
+		if !changed {
+			return
+		}
+	}
 }
 
 // pathNode is a persistent list of the branch decisions of a path.
@@ -170,7 +208,7 @@ func (v *verifier) checkCache(i int) (bool, error) {
 	list := v.cache[i]
 	for k := 0; k < len(list); k++ {
 		n := list[k]
-		if !n.st.covers(v.cur, live, &v.ids) {
+		if !n.st.covers(v.cur, live, &v.ids, n.read) {
 			n.miss++
 			// Like the kernel, forget verified states that keep
 			// missing: dropping a cache entry only costs time.
@@ -185,6 +223,11 @@ func (v *verifier) checkCache(i int) (bool, error) {
 		}
 		if n.done {
 			n.hit++
+			// The pruned path continues as n's did: what n's
+			// continuations read, this path's ancestors need.
+			for fi := range n.read {
+				v.orRead(fi, &n.read[fi])
+			}
 			return true, nil
 		}
 		for a := v.parent; a != nil; a = a.parent {
@@ -203,7 +246,7 @@ func (v *verifier) checkCache(i int) (bool, error) {
 			}
 		}
 	}
-	n := &node{st: v.cur.clone(), parent: v.parent, branches: 1, insn: i}
+	n := &node{st: v.cur.clone(), parent: v.parent, branches: 1, insn: i, read: make([]stackBits, len(v.cur.frames))}
 	v.cache[i] = append(v.cache[i], n)
 	v.parent = n
 	v.totalStates++
@@ -858,6 +901,13 @@ func (v *verifier) access(i int, r asm.Register, base reg, off, size int64, writ
 	if write {
 		verb = "write"
 	}
+	// The kernel rewrites context and socket accesses per instruction,
+	// so one instruction can't access those and something else.
+	if prev := v.p.accessType[i]; prev == notInit {
+		v.p.accessType[i] = base.typ
+	} else if prev != base.typ && (convertedAccess(prev) || convertedAccess(base.typ)) {
+		return reg{}, v.reject(i, "mixed-pointer-types", "this instruction accesses %s on one path and %s on another; the kernel needs one kind per instruction", prev, base.typ)
+	}
 	if write && val.typ != scalarT && base.typ != ptrStack {
 		return reg{}, v.reject(i, "pointer-store", "storing a pointer (%s) into %s is not allowed", val.typ, base.typ)
 	}
@@ -922,6 +972,16 @@ func (v *verifier) access(i int, r asm.Register, base reg, off, size int64, writ
 	return reg{}, v.reject(i, "invalid-mem-access", "%s through r%d, which is %s, not a pointer to memory", verb, r, base.typ)
 }
 
+// convertedAccess lists the pointer types whose accesses the kernel
+// rewrites (reg_type_mismatch_ok is false for them).
+func convertedAccess(t regType) bool {
+	switch t {
+	case ptrCtx, ptrSock, ptrSockOrNull, ptrSockCommon, ptrSockCommonOrNull, ptrTCPSock, ptrTCPSockOrNull:
+		return true
+	}
+	return false
+}
+
 func loadedScalar(size int64) scalar {
 	if size == 8 {
 		return unknownScalar()
@@ -979,6 +1039,7 @@ func (v *verifier) stackAccess(i int, base reg, off, size int64, write bool, val
 		}
 		return reg{}, nil
 	}
+	v.markRead(base.frame, lo, hi)
 	if f.kind[lo] == stackSpill {
 		sp := f.spill[slot]
 		if size == 8 {

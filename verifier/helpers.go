@@ -391,6 +391,9 @@ func (v *verifier) checkMem(i, a int, rn asm.Register, r reg, size int64, uninit
 		sp.maxDepth = max(sp.maxDepth, -o)
 		lo, hi := int(-o-size), int(-o)
 		f.grow(hi)
+		if !uninit {
+			v.markRead(r.frame, lo, hi)
+		}
 		for k := lo; k < hi; k++ {
 			if uninit {
 				if f.kind[k] == stackSpill {

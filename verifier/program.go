@@ -38,6 +38,9 @@ type program struct {
 	backEdges map[int]int
 	// pruneAt marks instructions where states are cached: jump targets.
 	pruneAt []bool
+	// accessType is the pointer type each memory instruction accessed
+	// first (notInit before any).
+	accessType []regType
 	// byRaw maps raw offsets to instruction indexes.
 	byRaw map[int]int
 	// liveIn is the set of registers (bit per register) that may be read
@@ -87,6 +90,7 @@ func newProgram(spec *ebpf.ProgramSpec, typ ebpf.ProgramType, maps map[string]*e
 	rawLen := off
 	p.byRaw = byRaw
 	p.target = make([]int, n)
+	p.accessType = make([]regType, n)
 	p.maps = make([]*mapInfo, n)
 	mapsByName := map[string]*mapInfo{}
 	for i, ins := range insns {

@@ -307,7 +307,7 @@ func (old *reg) covers(cur *reg, ids *idMap) bool {
 
 // covers reports whether state old subsumes cur; live holds the registers
 // of each frame that may still be read.
-func (old *state) covers(cur *state, live []uint16, ids *idMap) bool {
+func (old *state) covers(cur *state, live []uint16, ids *idMap, read []stackBits) bool {
 	if len(old.frames) != len(cur.frames) || len(old.refs) != len(cur.refs) {
 		return false
 	}
@@ -326,7 +326,16 @@ func (old *state) covers(cur *state, live []uint16, ids *idMap) bool {
 			}
 		}
 		n := max(len(of.kind), len(cf.kind))
+		rd := &read[fi]
 		for i := 0; i < n; i++ {
+			if i%8 == 0 && (rd[i/64]>>(i%64))&0xff == 0 {
+				// No path from old read this slot.
+				i += 7
+				continue
+			}
+			if (rd[i/64]>>(i%64))&1 == 0 {
+				continue
+			}
 			ok, ck := of.kindAt(i), cf.kindAt(i)
 			if i%8 == 0 && ok != stackSpill && i+8 <= len(of.kind) && i+8 <= len(cf.kind) &&
 				*(*[8]byte)(of.kind[i : i+8]) == *(*[8]byte)(cf.kind[i : i+8]) {
@@ -339,7 +348,7 @@ func (old *state) covers(cur *state, live []uint16, ids *idMap) bool {
 			case ok == stackMisc && ck == stackSpill && cf.spill[i/8].typ == scalarT:
 			case ok == stackZero && ck == stackZero:
 			case ok == stackSpill && ck == stackSpill:
-				if i%8 == 0 && !of.spill[i/8].covers(&cf.spill[i/8], ids) {
+				if !of.spill[i/8].covers(&cf.spill[i/8], ids) {
 					return false
 				}
 			default:

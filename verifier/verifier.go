@@ -19,6 +19,17 @@
 // its BTF source line when the object carries line info) and the path that
 // leads there. When the verifier is unsure whether something is safe it
 // rejects it with an "unsupported-*" rule rather than accepting it.
+//
+// Deliberate differences from the kernel verifier (as run by root):
+// reading uninitialised stack is rejected (the kernel allows it for
+// privileged loaders); bpf-to-bpf functions are verified in their calling
+// context, including global ones, which the kernel verifies on their own;
+// values in frozen .rodata are the object's defaults, so an object whose
+// loader rewrites constants is verified for its defaults. Not supported
+// (rejected as unsupported): kfuncs, callbacks and function pointers,
+// BTF-typed pointers (bpf_skc_to_tcp_sock and friends), variable-offset
+// stack pointers, LD_ABS inside functions, and helpers outside the table
+// in helpers.go. Tests compare every outcome with the kernel's.
 package verifier
 
 import (
