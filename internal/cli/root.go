@@ -83,11 +83,21 @@ func newRootCmd(g *globals) *cobra.Command {
 Linux host, and manages them from the command line.
 
   firewall   XDP allow/deny lists of CIDRs and ports, with counters
+  guard      stateful filtering with the kernel's socket table as the
+             connection tracker (TC or XDP)
+  dispatch   steer connections to registered sockets by prefix and port
+             range (sk_lookup)
+  trace      HTTP request lines of live traffic (socket filter)
+  stats      live packet and byte counters by protocol
+  run        run a BPF object on a pcap in the userspace vm (no root)
+  verify     check a BPF object with the userspace verifier (no root)
   demo       a throwaway namespace topology that shows the firewall working
 
 Programs are attached through bpf_links pinned under
 /sys/fs/bpf/sockgate/<netns inode>/, so enforcement continues after the
-command exits. Most commands need root (or CAP_BPF and CAP_NET_ADMIN).`,
+command exits. Commands that load programs need root (or CAP_BPF and
+CAP_NET_ADMIN). --netns PATH acts in another network namespace; use it
+instead of ip netns exec.`,
 		Version:       resolveVersion(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
