@@ -302,3 +302,13 @@ func HelperName(fn asm.BuiltinFunc) string {
 	}
 	return b.String()
 }
+
+// SetCPU selects the virtual CPU the next runs execute on: it picks the
+// slot of per-CPU maps and the value of bpf_get_smp_processor_id.
+func (e *Engine) SetCPU(cpu int) error {
+	if cpu < 0 || cpu >= e.opts.CPUs {
+		return fmt.Errorf("cpu %d: the engine has %d virtual CPUs", cpu, e.opts.CPUs)
+	}
+	e.m.cpu = cpu
+	return nil
+}

@@ -3,6 +3,7 @@ package vm
 import (
 	"encoding/binary"
 	"fmt"
+	"net/netip"
 	"sort"
 
 	"github.com/cilium/ebpf"
@@ -129,10 +130,13 @@ type PacketResult struct {
 	Meta []byte
 	// Redirect is set when a redirect helper was called.
 	Redirect *Redirect
+	// Selected is the socket an sk_lookup program assigned.
+	Selected *Socket
 }
 
 // RunPacket runs p on one Ethernet frame with the context its type
-// needs: XDP, sched_cls/sched_act or socket filter.
+// needs: XDP, sched_cls/sched_act, socket filter, or sk_lookup (the
+// frame's addresses and ports are the connection being looked up).
 func (p *Program) RunPacket(frame []byte) (PacketResult, error) {
 	switch p.Type {
 	case ebpf.XDP:
@@ -141,6 +145,64 @@ func (p *Program) RunPacket(frame []byte) (PacketResult, error) {
 	case ebpf.SchedCLS, ebpf.SchedACT, ebpf.SocketFilter:
 		r, err := p.RunSKB(SKBInput{Packet: frame, Ifindex: 1})
 		return PacketResult{Return: r.Return, Packet: r.Packet, Redirect: r.Redirect}, err
+	case ebpf.SkLookup:
+		in, err := skLookupFromFrame(frame)
+		if err != nil {
+			return PacketResult{}, fmt.Errorf("%s: %w", p.Name, err)
+		}
+		r, err := p.RunSkLookup(in)
+		return PacketResult{Return: r.Verdict, Packet: frame, Selected: r.Selected}, err
 	}
 	return PacketResult{}, fmt.Errorf("%s: %w: %s takes no packet", p.Name, ErrNoContext, p.Type)
+}
+
+// skLookupFromFrame derives the connection an sk_lookup program sees from
+// a frame: the IPv4 or IPv6 addresses and the TCP or UDP ports, with the
+// frame's destination as the local end.
+func skLookupFromFrame(f []byte) (SkLookupInput, error) {
+	var in SkLookupInput
+	if len(f) < 14 {
+		return in, fmt.Errorf("frame of %d bytes has no Ethernet header", len(f))
+	}
+	et := binary.BigEndian.Uint16(f[12:])
+	l3 := f[14:]
+	var proto byte
+	var l4 []byte
+	var src, dst netip.Addr
+	switch et {
+	case 0x0800:
+		if len(l3) < 20 || l3[0]>>4 != 4 || int(l3[0]&0xf)*4 < 20 || len(l3) < int(l3[0]&0xf)*4 {
+			return in, fmt.Errorf("truncated or malformed IPv4 header")
+		}
+		if binary.BigEndian.Uint16(l3[6:])&0x1fff != 0 {
+			return in, fmt.Errorf("non-first IPv4 fragment: no ports")
+		}
+		proto = l3[9]
+		src, dst = netip.AddrFrom4([4]byte(l3[12:16])), netip.AddrFrom4([4]byte(l3[16:20]))
+		l4 = l3[int(l3[0]&0xf)*4:]
+	case 0x86dd:
+		if len(l3) < 40 {
+			return in, fmt.Errorf("truncated IPv6 header")
+		}
+		proto = l3[6]
+		src, dst = netip.AddrFrom16([16]byte(l3[8:24])), netip.AddrFrom16([16]byte(l3[24:40]))
+		l4 = l3[40:]
+	default:
+		return in, fmt.Errorf("ethertype %#04x: sk_lookup needs IPv4 or IPv6", et)
+	}
+	switch proto {
+	case 6:
+		in.Proto = "tcp"
+	case 17:
+		in.Proto = "udp"
+	default:
+		return in, fmt.Errorf("IP protocol %d: sk_lookup needs TCP or UDP (IPv6 extension headers are not followed)", proto)
+	}
+	if len(l4) < 4 {
+		return in, fmt.Errorf("truncated %s header", in.Proto)
+	}
+	in.Remote = netip.AddrPortFrom(src, binary.BigEndian.Uint16(l4[0:]))
+	in.Local = netip.AddrPortFrom(dst, binary.BigEndian.Uint16(l4[2:]))
+	in.IngressIfindex = 1
+	return in, nil
 }

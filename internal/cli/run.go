@@ -45,6 +45,8 @@ type runPacket struct {
 	Error   string `json:"error,omitempty"`
 	// Redirect is set when the program called a redirect helper.
 	Redirect *vm.Redirect `json:"redirect,omitempty"`
+	// Selected is the socket an sk_lookup program assigned.
+	Selected string `json:"selected,omitempty"`
 }
 
 // runReport is what `sockgate run` prints.
@@ -67,7 +69,8 @@ func newRunCmd(g *globals) *cobra.Command {
 userspace eBPF engine and runs one of its programs on every packet of a pcap
 or pcapng file, printing the verdict per packet and the totals.
 
-XDP, sched_cls (tc) and socket filter programs take packets. Socket helpers
+XDP, sched_cls (tc) and socket filter programs take packets; an sk_lookup
+program sees each packet's addresses and ports as the connection to steer. Socket helpers
 (bpf_sk_lookup_tcp and friends) look in a model socket table, filled from a
 scenario file (--sockets) or from this host's sockets through sock_diag
 (--host-sockets). Map contents can be loaded before the run (--maps) and
@@ -156,9 +159,9 @@ func runRun(g *globals, obj string, o runOpts) error {
 		return fmt.Errorf("run: %w", err)
 	}
 	switch p.Type {
-	case ebpf.XDP, ebpf.SchedCLS, ebpf.SchedACT, ebpf.SocketFilter:
+	case ebpf.XDP, ebpf.SchedCLS, ebpf.SchedACT, ebpf.SocketFilter, ebpf.SkLookup:
 	default:
-		return fmt.Errorf("run: program %s is of type %s; run takes XDP, sched_cls and socket filter programs", o.prog, p.Type)
+		return fmt.Errorf("run: program %s is of type %s; run takes XDP, sched_cls, socket filter and sk_lookup programs", o.prog, p.Type)
 	}
 	if o.maps != "" {
 		data, err := os.ReadFile(o.maps)
@@ -193,6 +196,11 @@ func runRun(g *globals, obj string, o runOpts) error {
 	rep := runReport{Object: obj, Program: o.prog, Type: p.Type.String(), Packets: []runPacket{}, Totals: map[string]int{}}
 	for i, pk := range packets {
 		rp := runPacket{Index: i + 1, Len: len(pk.data)}
+		// Packets go round-robin over the virtual CPUs, so per-CPU maps
+		// fill as on a multi-queue NIC.
+		if err := e.SetCPU(i % o.cpus); err != nil {
+			return fmt.Errorf("run: %w", err)
+		}
 		res, err := p.RunPacket(pk.data)
 		rp.Insns = e.Used()
 		if err != nil {
@@ -204,6 +212,9 @@ func runRun(g *globals, obj string, o runOpts) error {
 			rp.Verdict = verdictName(p.Type, res.Return)
 			rp.OutLen = len(res.Packet)
 			rp.Redirect = res.Redirect
+			if res.Selected != nil {
+				rp.Selected = res.Selected.String()
+			}
 		}
 		rep.Totals[rp.Verdict]++
 		rep.Packets = append(rep.Packets, rp)
@@ -255,9 +266,9 @@ func firstError(rep runReport) string {
 }
 
 func printRunReport(w io.Writer, rep runReport) error {
-	t := newTable("PACKET", "LEN", "VERDICT", "OUT_LEN", "INSNS", "ERROR")
+	t := newTable("PACKET", "LEN", "VERDICT", "OUT_LEN", "INSNS", "SOCKET", "ERROR")
 	for _, p := range rep.Packets {
-		t.add(p.Index, p.Len, p.Verdict, p.OutLen, p.Insns, p.Error)
+		t.add(p.Index, p.Len, p.Verdict, p.OutLen, p.Insns, p.Selected, p.Error)
 	}
 	if err := t.write(w); err != nil {
 		return err
@@ -308,6 +319,13 @@ func verdictName(t ebpf.ProgramType, r uint32) string {
 			return "drop"
 		}
 		return "accept"
+	case ebpf.SkLookup:
+		switch r {
+		case 0:
+			return "SK_DROP"
+		case 1:
+			return "SK_PASS"
+		}
 	}
 	return strconv.FormatUint(uint64(r), 10)
 }

@@ -179,3 +179,20 @@ func TestRunCommandHostSockets(t *testing.T) {
 		t.Fatalf("the bound UDP socket was not found: %+v", rep.Packets)
 	}
 }
+
+// TestRunCommandSkLookup steers by the packets' ports with the vm's
+// sk_lookup test program, with and without map state.
+func TestRunCommandSkLookup(t *testing.T) {
+	in := writePcap(t, udpFrame(53))
+	code, stdout, stderr := runCLI(t, "run", "../../vm/testdata/sklookup.o", "--prog", "steer", "--pcap", in)
+	if code != 0 || !strings.Contains(stdout, "SK_PASS") {
+		t.Fatalf("exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	// Port 53 steered to slot 0, which holds no socket: dropped.
+	state := filepath.Join(t.TempDir(), "state.json")
+	os.WriteFile(state, []byte(`{"port_to_slot": {"entries": [{"key": "2000000035000000", "value": "00000000"}]}}`), 0o644)
+	code, stdout, stderr = runCLI(t, "run", "../../vm/testdata/sklookup.o", "--prog", "steer", "--pcap", in, "--maps", state)
+	if code != 0 || !strings.Contains(stdout, "SK_DROP") {
+		t.Fatalf("exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+}
