@@ -338,7 +338,7 @@ func priority(b Binding) uint32 {
 	return p
 }
 
-// beats reports whether a should own a trie key both a and b expand to.
+// beats reports whether a should own a table key both a and b expand to.
 // Such bindings share protocol, prefix and interface and differ in ports
 // only, so this is the port rule: one port, then the narrower range, then
 // the lower first port.

@@ -10,8 +10,8 @@ import (
 
 // Aliases for the bpf2go types, so the rest of the package reads plainly.
 type (
-	trieKey      = dispatcherDpKey
-	trieTarget   = dispatcherDpTarget
+	tableKey     = dispatcherDpKey
+	tableTarget  = dispatcherDpTarget
 	destKey      = dispatcherDpDestKey
 	specKey      = dispatcherDpBinding
 	specValue    = dispatcherDpBindingValue
@@ -20,7 +20,7 @@ type (
 	labelMetrics = dispatcherDpMetrics
 )
 
-// Flags of a trie target and a stored binding (DP_F_* in dispatch.c).
+// Flags of a table target and a stored binding (DP_F_* in dispatch.c).
 const (
 	flagNoReuseport = 1 << 0
 	flagReplace     = 1 << 1
@@ -64,9 +64,9 @@ func addrFrom(fam uint8, b [16]uint8) netip.Addr {
 	return netip.AddrFrom16(b)
 }
 
-// newTrieKey is the table key of a binding for one port (0: all ports).
-func newTrieKey(b Binding, ifindex uint32, port uint16) trieKey {
-	return trieKey{
+// newTableKey is the table key of a binding for one port (0: all ports).
+func newTableKey(b Binding, ifindex uint32, port uint16) tableKey {
+	return tableKey{
 		Prefixlen: uint32(b.Prefix.Bits()),
 		Protocol:  uint8(b.Protocol),
 		Family:    family(b.Prefix.Addr()),
@@ -150,16 +150,16 @@ type resolved struct {
 // that list each protocol and family's prefix lengths. Bindings that expand to the
 // same key differ only in their ports (duplicates were rejected before);
 // the key goes to the more specific one (see beats).
-func compile(rs []resolved) map[trieKey]trieTarget {
-	out := make(map[trieKey]trieTarget)
-	owner := make(map[trieKey]Binding)
+func compile(rs []resolved) map[tableKey]tableTarget {
+	out := make(map[tableKey]tableTarget)
+	owner := make(map[tableKey]Binding)
 	put := func(r resolved, port uint16) {
-		k := newTrieKey(r.Binding, r.ifindex, port)
+		k := newTableKey(r.Binding, r.ifindex, port)
 		if prev, ok := owner[k]; ok && !beats(r.Binding, prev) {
 			return
 		}
 		owner[k] = r.Binding
-		out[k] = trieTarget{LabelId: r.labelID, Priority: priority(r.Binding), Flags: bindingFlags(r.Binding)}
+		out[k] = tableTarget{LabelId: r.labelID, Priority: priority(r.Binding), Flags: bindingFlags(r.Binding)}
 	}
 	type pf struct{ proto, fam uint8 }
 	lens := make(map[pf]map[int]bool)
@@ -191,8 +191,8 @@ func compile(rs []resolved) map[trieKey]trieTarget {
 					b[i] = byte(sorted[j])
 				}
 			}
-			key := trieKey{Prefixlen: markerBase + uint32(m), Protocol: k.proto, Family: k.fam}
-			out[key] = trieTarget{
+			key := tableKey{Prefixlen: markerBase + uint32(m), Protocol: k.proto, Family: k.fam}
+			out[key] = tableTarget{
 				LabelId:  binary.NativeEndian.Uint32(b[0:4]),
 				Priority: binary.NativeEndian.Uint32(b[4:8]),
 				Flags:    binary.NativeEndian.Uint32(b[8:12]),

@@ -417,7 +417,7 @@ func (d *Dispatcher) Unbind(b Binding) error {
 }
 
 // Apply replaces the whole binding set. The new set is validated first;
-// then a new trie is built off to the side and swapped in with one map
+// then a new table is built off to the side and swapped in with one map
 // update, so every lookup sees either the old set or the new one. A
 // destination bound in both is never unbound, not even for an instant.
 func (d *Dispatcher) Apply(bs []Binding) error {
@@ -468,16 +468,16 @@ func (d *Dispatcher) replace(bs []Binding) error {
 	// The new generation, sized to its content with room to spare.
 	ms := spec.Maps["dp_table"].Copy()
 	ms.MaxEntries = uint32(max(int(ms.MaxEntries), len(entries)+len(entries)/4))
-	trie, err := ebpf.NewMap(ms)
+	table, err := ebpf.NewMap(ms)
 	if err != nil {
 		return fmt.Errorf("create binding table: %w", err)
 	}
-	defer trie.Close()
-	if err := putAll(trie, entries); err != nil {
+	defer table.Close()
+	if err := putAll(table, entries); err != nil {
 		return err
 	}
 	// The swap: one update of the one-slot array of maps.
-	if err := d.bindings.Put(uint32(0), trie); err != nil {
+	if err := d.bindings.Put(uint32(0), table); err != nil {
 		return fmt.Errorf("swap in the new binding table: %w", err)
 	}
 
@@ -512,10 +512,10 @@ func (d *Dispatcher) replace(bs []Binding) error {
 	return d.gcLabels()
 }
 
-func putAll(m *ebpf.Map, entries map[trieKey]trieTarget) error {
+func putAll(m *ebpf.Map, entries map[tableKey]tableTarget) error {
 	const batch = 4096
-	keys := make([]trieKey, 0, batch)
-	vals := make([]trieTarget, 0, batch)
+	keys := make([]tableKey, 0, batch)
+	vals := make([]tableTarget, 0, batch)
 	flush := func() error {
 		if len(keys) == 0 {
 			return nil

@@ -176,3 +176,77 @@ func TestPrecedence(t *testing.T) {
 		})
 	}
 }
+
+// TestManyPrefixLengths spreads bindings over more prefix lengths than one
+// marker entry lists (12), for IPv4 and IPv6, and checks that the kernel
+// finds the longest matching one for addresses at every depth.
+func TestManyPrefixLengths(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	var set []Binding
+	labelOf := map[uint64]string{}
+	add := func(prefix string) {
+		b := mustBinding(t, "L"+prefix, "tcp", prefix, "all")
+		set = append(set, b)
+	}
+	// 198.18.0.0/15 ... /32 down one path: 18 lengths.
+	for bits := 15; bits <= 32; bits++ {
+		add(netip.PrefixFrom(netip.MustParseAddr("198.18.255.255"), bits).Masked().String())
+	}
+	// fd00:5067::/48 ... /128 in steps of 4 plus a few odd ones: 24 lengths.
+	for bits := 48; bits <= 128; bits += 4 {
+		add(netip.PrefixFrom(netip.MustParseAddr("fd00:5067:ffff:ffff:ffff:ffff:ffff:ffff"), bits).Masked().String())
+	}
+	for _, bits := range []int{49, 97, 127} {
+		add(netip.PrefixFrom(netip.MustParseAddr("fd00:5067:ffff:ffff:ffff:ffff:ffff:ffff"), bits).Masked().String())
+	}
+	if err := e.d.Apply(set); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range set {
+		lo := "127.0.0.1:0"
+		if b.Prefix.Addr().Is6() {
+			lo = "[::1]:0"
+		}
+		s := e.listen(b.Label, "tcp", lo, false)
+		reg, err := e.d.Register(b.Label, s.fd(t), RegisterOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		labelOf[reg.Socket.Cookie] = b.Label
+	}
+	prog, err := e.d.Program()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prog.Close()
+	checked := 0
+	for _, probe := range set {
+		// The last address of each prefix lies in it and in every shorter
+		// one; the first address beyond the next longer prefix lies in
+		// this one only among longer ones.
+		for _, a := range []netip.Addr{lastAddr(probe.Prefix), probe.Prefix.Addr()} {
+			want, ok := Match(set, TCP, a, 443, "")
+			if !ok {
+				continue
+			}
+			_, cookie := testRun(t, prog, newLookupCtx(TCP, netip.AddrPortFrom(a, 443), 0))
+			if got := labelOf[cookie]; got != want.Label {
+				t.Errorf("%s: kernel chose %q, want %q", a, got, want.Label)
+			}
+			checked++
+		}
+	}
+	if checked < len(set) {
+		t.Errorf("checked only %d lookups", checked)
+	}
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
