@@ -307,7 +307,7 @@ With a COMMAND after --, it then executes COMMAND in its place with the same
 sockets and LISTEN_* variables (the process id does not change), so a single
 activation both registers and starts the service.
 
-Each socket must be a listening TCP or unbound-unconnected UDP socket in the
+Each socket must be a listening TCP socket or a bound, unconnected UDP socket in the
 dispatcher's network namespace; an IPv6 socket that also accepts IPv4
 (IPV6_V6ONLY off) needs --dual-stack.`,
 		Example: `  # register-socket.service:  [Service] Sockets=web.socket
