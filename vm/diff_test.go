@@ -40,7 +40,7 @@ func testFrames(t testing.TB) [][]byte {
 		return nettest.NewPacket().Ethernet(macA, macB).IPv4(src, ipB).UDP(40000, dport).Payload([]byte("hello, world")).Bytes()
 	}
 	frames := [][]byte{
-		udp(ipA, 53), udp(ipA, 7), udp(ipA, 9), udp(ipA, 4000), udp(ipA, 4001), udp(ipA, 1234),
+		udp(ipA, 53), udp(ipA, 7), udp(ipA, 9), udp(ipA, 4000), udp(ipA, 4001), udp(ipA, 4002), udp(ipA, 4003), udp(ipA, 1234),
 		udp(ipBad, 53), udp(ipA, 53),
 		nettest.NewPacket().Ethernet(macA, macB).IPv4(ipA, ipB, nettest.TTL(1)).UDP(1, 53).Bytes(),
 		nettest.NewPacket().Ethernet(macA, macB).IPv4(ipA, ipB).TCP(40000, 80).Payload(make([]byte, 200)).Bytes(),

@@ -321,12 +321,18 @@ func hTailCall(m *machine, a1, a2, a3, _, _ uint64) (uint64, error) {
 }
 
 func hRedirect(m *machine, a1, a2, _, _, _ uint64) (uint64, error) {
-	m.run.redirect = &Redirect{Ifindex: uint32(a1), Flags: a2}
-	if m.ctx != nil {
-		if _, ok := m.ctx.(*xdpCtx); ok {
-			return XDPRedirect, nil
+	if _, ok := m.ctx.(*xdpCtx); ok {
+		if a2 != 0 {
+			return XDPAborted, nil
 		}
+		m.run.redirect = &Redirect{Ifindex: uint32(a1)}
+		return XDPRedirect, nil
 	}
+	const ingress = 1 // BPF_F_INGRESS
+	if a2&^ingress != 0 {
+		return 2, nil // TC_ACT_SHOT
+	}
+	m.run.redirect = &Redirect{Ifindex: uint32(a1), Flags: a2}
 	return 7, nil // TC_ACT_REDIRECT
 }
 
@@ -379,8 +385,11 @@ func hXDPAdjustMeta(m *machine, a1, a2, _, _, _ uint64) (uint64, error) {
 		return 0, err
 	}
 	nm := p.meta + int(int32(a2))
-	if nm > p.data || p.data-nm > 32 || nm < 40 || (p.data-nm)%4 != 0 {
+	if nm > p.data || nm < 40 {
 		return negErrno(unix.EINVAL), nil
+	}
+	if ml := p.data - nm; ml%4 != 0 || ml > 32 {
+		return negErrno(unix.EACCES), nil
 	}
 	p.meta = nm
 	p.sync(m)

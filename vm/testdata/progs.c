@@ -148,6 +148,17 @@ int xdp_main(struct xdp_md *ctx)
 			bpf_tail_call(ctx, &jumps, 0);
 			return XDP_ABORTED;
 		}
+		if (udp->dest == bpf_htons(4002)) {
+			/* grow the tail (the new bytes are zero); 4000 bytes
+			 * more does not fit the frame */
+			if (bpf_xdp_adjust_tail(ctx, 16))
+				return XDP_ABORTED;
+			if (bpf_xdp_adjust_tail(ctx, 4000) == 0)
+				return XDP_ABORTED;
+			return XDP_PASS;
+		}
+		if (udp->dest == bpf_htons(4003))
+			return bpf_redirect(7, 0);
 		if (udp->dest == bpf_htons(4001)) {
 			if (bpf_xdp_adjust_tail(ctx, -4))
 				return XDP_ABORTED;
