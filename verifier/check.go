@@ -27,6 +27,10 @@ type node struct {
 	// these must match for a later state to be covered (the kernel's
 	// stack liveness). Bytes never read from here on can't matter.
 	read []stackBits
+	// wroteBefore marks the stack bytes the path wrote between parent
+	// and this node: reads below this node of those bytes don't need
+	// parent's values.
+	wroteBefore [maxCallFrames]stackBits
 }
 
 // stackBits is one bit per stack byte.
@@ -37,26 +41,46 @@ type stackBits [stackSize / 64]uint64
 func (v *verifier) markRead(fi, lo, hi int) {
 	var want stackBits
 	for k := lo; k < hi && k < stackSize; k++ {
-		want[k/64] |= 1 << (k % 64)
+		if v.written[fi][k/64]&(1<<(k%64)) == 0 {
+			want[k/64] |= 1 << (k % 64)
+		}
 	}
 	v.orRead(fi, &want)
 }
 
-func (v *verifier) orRead(fi int, want *stackBits) {
+// markWritten records that this path wrote stack bytes [lo, hi) of frame
+// fi since its last stored state: a later read of them sees this write,
+// not the stored state's bytes (the kernel's write screening).
+func (v *verifier) markWritten(fi, lo, hi int) {
+	for k := lo; k < hi && k < stackSize; k++ {
+		v.written[fi][k/64] |= 1 << (k % 64)
+	}
+}
+
+func (v *verifier) orRead(fi int, bits *stackBits) {
+	want := *bits
 	for n := v.parent; n != nil; n = n.parent {
-		if fi >= len(n.read) {
-			continue
-		}
-		changed := false
-		for w := range want {
-			if n.read[fi][w]|want[w] != n.read[fi][w] {
-				n.read[fi][w] |= want[w]
-				changed = true
+		if fi < len(n.read) {
+			changed := false
+			for w := range want {
+				if n.read[fi][w]|want[w] != n.read[fi][w] {
+					n.read[fi][w] |= want[w]
+					changed = true
+				}
+			}
+			// Ancestors of a node that already had these bits
+			// got them too (screening above n doesn't depend on
+			// the path below it).
+			if !changed {
+				return
 			}
 		}
-		// Ancestors of a node that already had these bits have them
-		// too.
-		if !changed {
+		any := uint64(0)
+		for w := range want {
+			want[w] &^= n.wroteBefore[fi][w]
+			any |= want[w]
+		}
+		if any == 0 {
 			return
 		}
 	}
@@ -71,10 +95,11 @@ type pathNode struct {
 
 // pending is a path waiting to be explored.
 type pending struct {
-	st     *state
-	insn   int
-	parent *node
-	path   *pathNode
+	st      *state
+	insn    int
+	parent  *node
+	path    *pathNode
+	written [maxCallFrames]stackBits
 }
 
 type verifier struct {
@@ -96,6 +121,8 @@ type verifier struct {
 	cur    *state
 	parent *node
 	path   *pathNode
+	// written marks the stack bytes written since parent, per frame.
+	written [maxCallFrames]stackBits
 }
 
 func (v *verifier) newID() uint32 { v.nextID++; return v.nextID }
@@ -163,7 +190,7 @@ func (v *verifier) run() error {
 	for len(v.queue) > 0 {
 		pd := v.queue[len(v.queue)-1]
 		v.queue = v.queue[:len(v.queue)-1]
-		v.cur, v.parent, v.path = pd.st, pd.parent, pd.path
+		v.cur, v.parent, v.path, v.written = pd.st, pd.parent, pd.path, pd.written
 		if err := v.walk(pd.insn); err != nil {
 			return err
 		}
@@ -226,7 +253,11 @@ func (v *verifier) checkCache(i int) (bool, error) {
 			// The pruned path continues as n's did: what n's
 			// continuations read, this path's ancestors need.
 			for fi := range n.read {
-				v.orRead(fi, &n.read[fi])
+				want := n.read[fi]
+				for w := range want {
+					want[w] &^= v.written[fi][w]
+				}
+				v.orRead(fi, &want)
 			}
 			return true, nil
 		}
@@ -246,9 +277,10 @@ func (v *verifier) checkCache(i int) (bool, error) {
 			}
 		}
 	}
-	n := &node{st: v.cur.clone(), parent: v.parent, branches: 1, insn: i, read: make([]stackBits, len(v.cur.frames))}
+	n := &node{st: v.cur.clone(), parent: v.parent, branches: 1, insn: i, read: make([]stackBits, len(v.cur.frames)), wroteBefore: v.written}
 	v.cache[i] = append(v.cache[i], n)
 	v.parent = n
+	v.written = [maxCallFrames]stackBits{}
 	v.totalStates++
 	v.curStates++
 	v.peakStates = max(v.peakStates, v.curStates)
@@ -262,7 +294,7 @@ func (v *verifier) fork(st *state, target int) {
 	}
 	oldPath := v.path
 	v.addPath(target)
-	v.queue = append(v.queue, pending{st: st, insn: target, parent: v.parent, path: v.path})
+	v.queue = append(v.queue, pending{st: st, insn: target, parent: v.parent, path: v.path, written: v.written})
 	v.path = oldPath
 }
 
@@ -903,7 +935,9 @@ func (v *verifier) access(i int, r asm.Register, base reg, off, size int64, writ
 	}
 	// The kernel rewrites context and socket accesses per instruction,
 	// so one instruction can't access those and something else.
-	if prev := v.p.accessType[i]; prev == notInit {
+	if prev := v.p.accessType[i]; !base.typ.isPointer() || base.typ.orNull() {
+		// rejected below anyway
+	} else if prev == notInit {
 		v.p.accessType[i] = base.typ
 	} else if prev != base.typ && (convertedAccess(prev) || convertedAccess(base.typ)) {
 		return reg{}, v.reject(i, "mixed-pointer-types", "this instruction accesses %s on one path and %s on another; the kernel needs one kind per instruction", prev, base.typ)
@@ -1013,6 +1047,7 @@ func (v *verifier) stackAccess(i int, base reg, off, size int64, write bool, val
 	slot := lo / 8
 	f.grow(hi)
 	if write {
+		v.markWritten(base.frame, lo, hi)
 		if size == 8 {
 			f.spill[slot] = *val
 			for k := lo; k < hi; k++ {

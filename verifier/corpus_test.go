@@ -218,6 +218,21 @@ func safetyCases() []corpusCase {
 			stDW(asm.RFP, -64, 0).WithSymbol("f"), asm.Mov.Imm(asm.R0, 0), asm.Return())},
 		{name: "stack-within-limit-across-calls", typ: sf, insns: ins(stDW(asm.RFP, -256, 0), asm.Call.Label("f"), asm.Mov.Imm(asm.R0, 0), asm.Return(),
 			stDW(asm.RFP, -64, 0).WithSymbol("f"), asm.Mov.Imm(asm.R0, 0), asm.Return())},
+		// Pruning must compare the stack slots later paths read: the
+		// second path reaches J with a number where the first had the
+		// context spilled.
+		{name: "pruning-compares-read-stack", typ: sf, rule: "invalid-mem-access", insns: ins(asm.Mov.Reg(asm.R6, asm.R1), asm.FnGetPrandomU32.Call(),
+			asm.JEq.Imm(asm.R0, 0, "a"), asm.StoreMem(asm.RFP, -8, asm.R6, asm.DWord), asm.Ja.Label("j"),
+			asm.StoreMem(asm.RFP, -8, asm.R0, asm.DWord).WithSymbol("a"),
+			asm.FnGetPrandomU32.Call().WithSymbol("j"), asm.JEq.Imm(asm.R0, 0, "b"), stDW(asm.RFP, -16, 0),
+			asm.LoadMem(asm.R1, asm.RFP, -8, asm.DWord).WithSymbol("b"), asm.LoadMem(asm.R0, asm.R1, 0, asm.Word), asm.Return())},
+		// ... but not slots every later path overwrites first.
+		{name: "pruning-ignores-overwritten-stack", typ: sf, insns: ins(asm.Mov.Reg(asm.R6, asm.R1), asm.FnGetPrandomU32.Call(),
+			asm.JEq.Imm(asm.R0, 0, "a"), asm.StoreMem(asm.RFP, -8, asm.R6, asm.DWord), asm.Ja.Label("j"),
+			asm.StoreMem(asm.RFP, -8, asm.R0, asm.DWord).WithSymbol("a"),
+			asm.FnGetPrandomU32.Call().WithSymbol("j"), asm.JEq.Imm(asm.R0, 0, "b"), asm.StoreMem(asm.RFP, -8, asm.R6, asm.DWord), asm.Ja.Label("c"),
+			asm.StoreMem(asm.RFP, -8, asm.R6, asm.DWord).WithSymbol("b"),
+			asm.LoadMem(asm.R1, asm.RFP, -8, asm.DWord).WithSymbol("c"), asm.LoadMem(asm.R0, asm.R1, 0, asm.Word), asm.Return())},
 		{name: "uninitialised-register", typ: sf, rule: "uninit-register", insns: ins(asm.Mov.Reg(asm.R0, asm.R2), asm.Return())},
 		{name: "uninitialised-r0-at-exit", typ: sf, rule: "uninit-register", insns: ins(asm.Return())},
 		{name: "frame-pointer-is-read-only", typ: sf, rule: "frame-pointer-write", insns: ins(asm.Mov.Imm(asm.RFP, 0), asm.Mov.Imm(asm.R0, 0), asm.Return())},

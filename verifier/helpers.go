@@ -393,6 +393,8 @@ func (v *verifier) checkMem(i, a int, rn asm.Register, r reg, size int64, uninit
 		f.grow(hi)
 		if !uninit {
 			v.markRead(r.frame, lo, hi)
+		} else {
+			v.markWritten(r.frame, lo, hi)
 		}
 		for k := lo; k < hi; k++ {
 			if uninit {
