@@ -162,11 +162,18 @@ for r in $(seq "$ROUNDS"); do
 		gbps=$(ip netns exec "$GEN" iperf3 -c 198.18.0.2 -t "$IPERF" -f g 2>/dev/null |
 			awk '/receiver/ {for (i = 1; i <= NF; i++) if ($i == "Gbits/sec") print $(i-1)}')
 		runs[$cfg]="${runs[$cfg]:-} $gbps"
+		if [ "$cfg" = guard ]; then
+			# what the program ran on: skbs and bytes it passed as established
+			"$WORK/sockgate" --netns "/run/netns/$SRV" -o json guard stats "$VS" |
+				awk '/"reason": "established"/ {f = 1} f && /pass_packets/ {gsub(/[^0-9]/, ""); p = $0} f && /pass_bytes/ {gsub(/[^0-9]/, ""); print p, $0; exit}' >>"$WORK/skbs"
+		fi
 		teardown "$cfg"
 	done
 done
 median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 base=$(echo "${runs[none]}" | median)
+awk '{p += $1; b += $2} END {if (p) printf "guard ran on %d skbs of %.0f bytes on average (GSO/GRO aggregates), %.0f skbs/s\n", p, b / p, p / ('"$ROUNDS"' * '"$IPERF"')}' "$WORK/skbs"
+
 # Each round's ratio to that round's unfiltered run, then the median of
 # those: pairing within a round cancels load that drifts between rounds.
 paired() {

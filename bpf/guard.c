@@ -718,7 +718,7 @@ static __always_inline void emit(const struct packet *pkt, __u32 reason,
  * drop is counted and reported but the packet passes.
  */
 static __always_inline int run(void *ctx, void *data, void *data_end,
-			       __u32 dir, int has_sk, __u32 ifindex)
+			       __u32 dir, int has_sk, __u32 ifindex, __u64 bytes)
 {
 	struct packet pkt = {};
 	struct guard_config *cfg;
@@ -733,7 +733,7 @@ static __always_inline int run(void *ctx, void *data, void *data_end,
 	v = decide(ctx, data, data_end, &pkt, cfg, dir, has_sk);
 	reason = v & 0xff;
 	drop = !!(v & V_DROP);
-	count(reason, drop, data_end - data);
+	count(reason, drop, bytes);
 	if (drop || (reason == GUARD_NEW_ALLOWED && (cfg->flags & GUARD_F_LOG_NEW))) {
 		if (allow_event(cfg))
 			emit(&pkt, reason,
@@ -752,7 +752,9 @@ int sockgate_guard_ingress(struct __sk_buff *skb)
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 
-	if (run(skb, data, data_end, GUARD_DIR_INGRESS, 0, skb->ifindex))
+	/* skb->len, not data_end - data: a GSO/GRO skb's payload is mostly in
+	 * fragments beyond the linear head. */
+	if (run(skb, data, data_end, GUARD_DIR_INGRESS, 0, skb->ifindex, skb->len))
 		return TC_ACT_SHOT;
 	return TC_ACT_UNSPEC;
 }
@@ -765,7 +767,7 @@ int sockgate_guard_egress(struct __sk_buff *skb)
 	void *data_end = (void *)(long)skb->data_end;
 	int has_sk = skb->sk != 0;
 
-	if (run(skb, data, data_end, GUARD_DIR_EGRESS, has_sk, skb->ifindex))
+	if (run(skb, data, data_end, GUARD_DIR_EGRESS, has_sk, skb->ifindex, skb->len))
 		return TC_ACT_SHOT;
 	return TC_ACT_UNSPEC;
 }
@@ -778,7 +780,8 @@ int sockgate_guard_xdp(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 
-	if (run(ctx, data, data_end, GUARD_DIR_INGRESS, 0, ctx->ingress_ifindex))
+	if (run(ctx, data, data_end, GUARD_DIR_INGRESS, 0, ctx->ingress_ifindex,
+		data_end - data))
 		return XDP_DROP;
 	return XDP_PASS;
 }

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -531,7 +532,8 @@ Only one reader consumes events at a time.`,
 
 func (g *globals) printEvent(e guard.Event) error {
 	if g.output == "json" {
-		return g.print(e, nil)
+		// One compact object per line, so a consumer can read a stream.
+		return json.NewEncoder(g.stdout).Encode(e)
 	}
 	src, dst := e.Src.String(), e.Dst.String()
 	if e.Proto == "tcp" || e.Proto == "udp" {
