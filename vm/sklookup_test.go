@@ -7,29 +7,13 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/sockgate/sockgate/internal/nettest"
 	"github.com/sockgate/sockgate/vm"
+	"github.com/sockgate/sockgate/vm/vmtest"
 )
-
-// skLookupCtx is struct bpf_sk_lookup as BPF_PROG_TEST_RUN takes it.
-type skLookupCtx struct {
-	Cookie         uint64
-	Family         uint32
-	Protocol       uint32
-	RemoteIP4      [4]byte
-	RemoteIP6      [16]byte
-	RemotePort     [2]byte // network order
-	_              uint16
-	LocalIP4       [4]byte
-	LocalIP6       [16]byte
-	LocalPort      uint32
-	IngressIfindex uint32
-	_              uint32
-}
 
 func socketCookie(t *testing.T, c syscall.Conn) uint64 {
 	t.Helper()
@@ -85,15 +69,8 @@ func TestSkLookupAgainstKernel(t *testing.T) {
 	}
 
 	spec := loadSpec(t, "testdata/sklookup.o")
-	coll, err := ebpf.NewCollection(spec.Copy())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer coll.Close()
-	e, err := vm.LoadCollection(spec.Copy(), vm.Options{Sockets: table})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pair := vmtest.Load(t, spec, vmtest.Options{VM: vm.Options{Sockets: table}, InKernel: ns.Do})
+	coll, e := pair.Kernel, pair.VM
 	vtrie, _ := e.Map("port_to_slot")
 	vsocks, _ := e.Map("socks")
 	for slot, p := range ports {
@@ -142,47 +119,19 @@ func TestSkLookupAgainstKernel(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			in := skLookupCtx{Protocol: 6, LocalPort: uint32(c.local.Port())}
-			if c.proto == "udp" {
-				in.Protocol = 17
-			}
-			binary.BigEndian.PutUint16(in.RemotePort[:], c.remote.Port())
-			if c.local.Addr().Is4() {
-				in.Family = unix.AF_INET
-				in.RemoteIP4, in.LocalIP4 = c.remote.Addr().As4(), c.local.Addr().As4()
-			} else {
-				in.Family = unix.AF_INET6
-				in.RemoteIP6, in.LocalIP6 = c.remote.Addr().As16(), c.local.Addr().As16()
-			}
-			var out skLookupCtx
-			var kret uint32
-			if err := ns.Do(func() error {
-				var err error
-				kret, err = coll.Programs["steer"].Run(&ebpf.RunOptions{Context: in, ContextOut: &out})
-				return err
-			}); err != nil {
-				t.Fatalf("kernel: %v", err)
-			}
-			var kerr int64
-			coll.Maps["last_err"].Lookup(uint32(0), &kerr)
-
-			p, _ := e.Program("steer")
-			res, err := p.RunSkLookup(vm.SkLookupInput{Proto: c.proto, Remote: c.remote, Local: c.local})
-			if err != nil {
-				t.Fatalf("vm: %v", err)
-			}
-			lm, _ := e.Map("last_err")
-			v, _ := lm.Lookup(make([]byte, 4))
-			verr := int64(binary.LittleEndian.Uint64(v))
-			var vcookie uint64
-			if res.Selected != nil {
-				vcookie = res.Selected.Cookie
-			}
-			if kret != res.Verdict || out.Cookie != vcookie || kerr != verr {
-				t.Fatalf("kernel: verdict %d cookie %d sk_assign %d; vm: verdict %d cookie %d sk_assign %d",
-					kret, out.Cookie, kerr, res.Verdict, vcookie, verr)
+			// Verdict, selected socket and every map (last_err holds
+			// bpf_sk_assign's result) must match.
+			in := vm.SkLookupInput{Proto: c.proto, Remote: c.remote, Local: c.local}
+			if err := pair.CompareSkLookup("steer", in); err != nil {
+				t.Fatal(err)
 			}
 		})
+	}
+	// The cases must reach bpf_sk_assign: check the vm selected sockets.
+	p, _ := e.Program("steer")
+	res, err := p.RunSkLookup(vm.SkLookupInput{Proto: "tcp", Remote: remote4, Local: local("198.18.0.1", ports[0])})
+	if err != nil || res.Selected == nil || res.Verdict != 1 {
+		t.Fatalf("steering to the v4 listener: %+v %v", res, err)
 	}
 }
 

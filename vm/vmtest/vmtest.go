@@ -171,7 +171,8 @@ func (p *Pair) CompareOne(prog string, frame []byte) error {
 }
 
 // CompareMaps compares the contents of every map both sides have, except
-// prog arrays, ring buffers, sockmaps and ignored maps. Per-CPU values are
+// prog arrays, ring buffers, sockmaps, maps of maps (their inner maps are
+// compared under their own names) and ignored maps. Per-CPU values are
 // compared as the sum over CPUs of each 64-bit word (the kernel runs a
 // test on whatever CPU the thread is on).
 func (p *Pair) CompareMaps() error {
@@ -189,7 +190,7 @@ func (p *Pair) CompareMaps() error {
 			continue
 		}
 		switch vmap.Type {
-		case ebpf.ProgramArray, ebpf.RingBuf, ebpf.SockMap, ebpf.SockHash:
+		case ebpf.ProgramArray, ebpf.RingBuf, ebpf.SockMap, ebpf.SockHash, ebpf.ArrayOfMaps, ebpf.HashOfMaps:
 			continue
 		}
 		kc, err := kernelContents(kmap)
@@ -387,4 +388,85 @@ func batchContents(m *ebpf.Map, info *ebpf.MapInfo, out map[string]string) (bool
 			return false, err
 		}
 	}
+}
+
+// SkLookupCtx is struct bpf_sk_lookup as BPF_PROG_TEST_RUN takes and
+// returns it (Cookie is the selected socket's cookie on return).
+type SkLookupCtx struct {
+	Cookie         uint64
+	Family         uint32
+	Protocol       uint32
+	RemoteIP4      [4]byte
+	RemoteIP6      [16]byte
+	RemotePort     [2]byte // network order
+	_              uint16
+	LocalIP4       [4]byte
+	LocalIP6       [16]byte
+	LocalPort      uint32
+	IngressIfindex uint32
+	_              uint32
+}
+
+// NewSkLookupCtx builds the kernel context for a connection.
+func NewSkLookupCtx(in vm.SkLookupInput) SkLookupCtx {
+	c := SkLookupCtx{Protocol: 6, LocalPort: uint32(in.Local.Port()), IngressIfindex: in.IngressIfindex}
+	if in.Proto == "udp" {
+		c.Protocol = 17
+	}
+	binary.BigEndian.PutUint16(c.RemotePort[:], in.Remote.Port())
+	if in.Local.Addr().Unmap().Is4() {
+		c.Family = unix.AF_INET
+		c.RemoteIP4, c.LocalIP4 = in.Remote.Addr().Unmap().As4(), in.Local.Addr().Unmap().As4()
+	} else {
+		c.Family = unix.AF_INET6
+		c.RemoteIP6, c.LocalIP6 = in.Remote.Addr().As16(), in.Local.Addr().As16()
+	}
+	return c
+}
+
+// CompareSkLookup runs an sk_lookup program for one connection in both
+// and compares the verdict, the selected socket (by cookie: fill the vm's
+// socket table from the same sockets, e.g. vm.ReadHostSockets) and, unless
+// MapsAtEnd, the maps.
+func (p *Pair) CompareSkLookup(prog string, in vm.SkLookupInput) error {
+	kp := p.Kernel.Programs[prog]
+	if kp == nil {
+		return fmt.Errorf("kernel: no program %q", prog)
+	}
+	kin := NewSkLookupCtx(in)
+	var out SkLookupCtx
+	var ret uint32
+	run := func() error {
+		var err error
+		ret, err = kp.Run(&ebpf.RunOptions{Context: kin, ContextOut: &out})
+		return err
+	}
+	var err error
+	if p.opts.InKernel != nil {
+		err = p.opts.InKernel(run)
+	} else {
+		err = run()
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrKernelRejected, err)
+	}
+	vp, err := p.VM.Program(prog)
+	if err != nil {
+		return err
+	}
+	res, err := vp.RunSkLookup(in)
+	if err != nil {
+		return fmt.Errorf("vm run: %w (kernel returned %d)", err, ret)
+	}
+	var cookie uint64
+	if res.Selected != nil {
+		cookie = res.Selected.Cookie
+	}
+	if ret != res.Verdict || out.Cookie != cookie {
+		return fmt.Errorf("kernel: verdict %d, socket cookie %d; vm: verdict %d, socket cookie %d (%v)", ret, out.Cookie, res.Verdict, cookie, res.Selected)
+	}
+	if p.opts.MapsAtEnd {
+		return nil
+	}
+	return p.CompareMaps()
 }
