@@ -35,11 +35,12 @@ the object has BTF line info) and the path that leads there.
 
 Exit status: 0 when every program is accepted, 1 when one is rejected,
 2 for usage or I/O errors.`,
-		Example: `  # verify all programs of an object
-  sockgate verify bpf/guard.o
+		Example: `  # verify all programs of an object (no root needed)
+  sockgate verify guard/guard_bpfel.o
 
-  # one program, as a tc program, machine-readable
-  sockgate verify -o json --prog guard_ingress --type tc guard.o`,
+  # one program, as a tc program, machine-readable; in the JSON "path"
+  # lists instruction offsets, -1 standing for the exit
+  sockgate verify -o json --prog sockgate_guard_ingress --type tc guard/guard_bpfel.o`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if err := cobra.ExactArgs(1)(cmd, args); err != nil {
 				return &ExitError{Code: 2, Err: fmt.Errorf("verify: %w (usage: sockgate verify OBJ)", err)}
