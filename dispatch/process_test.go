@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -27,7 +28,11 @@ import (
 func TestMain(m *testing.M) {
 	switch os.Getenv("SG_DISPATCH_HELPER") {
 	case "":
-		os.Exit(m.Run())
+		code := m.Run()
+		if sockgateBin != "" {
+			os.RemoveAll(filepath.Dir(sockgateBin))
+		}
+		os.Exit(code)
 	case "pid-server":
 		helperServe(helperListen(), "pidfd-server")
 	case "activated-server":
