@@ -76,6 +76,9 @@ scenario file (--sockets) or from this host's sockets through sock_diag
 (--host-sockets). Map contents can be loaded before the run (--maps) and
 written after it (--dump-maps), as JSON with hex keys and values.
 
+bpf_ktime_get_ns returns the timestamp of the packet being run, so rate
+limits and timeouts see the capture's own timing.
+
 Every memory access is bounds-checked: a packet on which the program makes a
 bad access is reported as an error naming the instruction, and the command
 exits 1 after printing the rest.`,
@@ -121,7 +124,11 @@ func runRun(g *globals, obj string, o runOpts) error {
 	if o.budget == 0 {
 		return errors.New("run: --budget must be positive")
 	}
-	opts := vm.Options{CPUs: o.cpus, Budget: o.budget}
+	// bpf_ktime_get_ns reads the capture's clock: the timestamp of the
+	// packet being run, so rate limits and timeouts behave as they did
+	// when the traffic was captured.
+	var now uint64
+	opts := vm.Options{CPUs: o.cpus, Budget: o.budget, Now: func() uint64 { return now }}
 	switch {
 	case o.sockets != "":
 		t, err := vm.LoadScenario(o.sockets)
@@ -201,6 +208,7 @@ func runRun(g *globals, obj string, o runOpts) error {
 		if err := e.SetCPU(i % o.cpus); err != nil {
 			return fmt.Errorf("run: %w", err)
 		}
+		now = uint64(pk.ci.Timestamp.UnixNano())
 		res, err := p.RunPacket(pk.data)
 		rp.Insns = e.Used()
 		if err != nil {

@@ -196,3 +196,22 @@ func TestRunCommandSkLookup(t *testing.T) {
 		t.Fatalf("exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
 }
+
+// TestRunCommandClock checks bpf_ktime_get_ns follows the capture's
+// timestamps (writePcap stamps packet i at i seconds).
+func TestRunCommandClock(t *testing.T) {
+	in := writePcap(t, udpFrame(1), udpFrame(2), udpFrame(3))
+	code, stdout, stderr := runCLI(t, "-o", "json", "run", vmProgs, "--prog", "xdp_clock", "--pcap", in)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var rep runReport
+	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range rep.Packets {
+		if p.Return != uint32(i) {
+			t.Errorf("packet %d: clock %d s, want %d", i+1, p.Return, i)
+		}
+	}
+}
