@@ -33,6 +33,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/sockgate/sockgate/dispatch"
@@ -193,6 +196,7 @@ type contender struct {
 	d        *dispatch.Dispatcher
 	cmds     []*exec.Cmd
 	stdins   []io.WriteCloser
+	closers  []io.Closer
 }
 
 // connectRound makes n connections to random destinations of c from
@@ -236,6 +240,9 @@ func (c *contender) close() {
 	}
 	for _, fd := range c.fds {
 		unix.Close(fd)
+	}
+	for i := len(c.closers) - 1; i >= 0; i-- {
+		c.closers[i].Close()
 	}
 	if c.d != nil {
 		c.d.Unload()
@@ -383,6 +390,100 @@ func dispatcherContender(name string, dsts []netip.AddrPort, bindings []dispatch
 	return c, nil
 }
 
+// bareContender steers every lookup in its namespace to one socket with
+// the smallest sk_lookup program there is (sockmap slot 0, no binding
+// table), to tell the kernel's own cost of steering from the dispatcher's.
+func bareContender(name string, dsts []netip.AddrPort) (*contender, error) {
+	n, err := newNS(name)
+	if err != nil {
+		return nil, err
+	}
+	c := &contender{name: "bare sk_lookup program (1 sockmap slot), same destination", ns: n, dsts: dsts}
+	if err := c.spawn([]netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:40000")}); err != nil {
+		c.close()
+		return nil, err
+	}
+	ino, err := nsInode(n.path)
+	if err != nil {
+		c.close()
+		return nil, err
+	}
+	files, _, err := dispatch.ProcessSockets(c.cmds[0].Process.Pid, ino, dispatch.SocketFilter{})
+	if err != nil {
+		c.close()
+		return nil, err
+	}
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.SockMap, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+	if err != nil {
+		c.close()
+		return nil, err
+	}
+	c.closers = append(c.closers, m)
+	if err := m.Put(uint32(0), uint64(files[0].Fd())); err != nil {
+		c.close()
+		return nil, err
+	}
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type: ebpf.SkLookup, AttachType: ebpf.AttachSkLookup, License: "GPL",
+		Instructions: asm.Instructions{
+			asm.Mov.Reg(asm.R6, asm.R1),
+			asm.StoreImm(asm.RFP, -4, 0, asm.Word),
+			asm.LoadMapPtr(asm.R1, m.FD()),
+			asm.Mov.Reg(asm.R2, asm.RFP),
+			asm.Add.Imm(asm.R2, -4),
+			asm.FnMapLookupElem.Call(),
+			asm.JNE.Imm(asm.R0, 0, "assign"),
+			asm.Mov.Imm(asm.R0, 1),
+			asm.Return(),
+			asm.Mov.Reg(asm.R7, asm.R0).WithSymbol("assign"),
+			asm.Mov.Reg(asm.R1, asm.R6),
+			asm.Mov.Reg(asm.R2, asm.R0),
+			asm.Mov.Imm(asm.R3, 0),
+			asm.FnSkAssign.Call(),
+			asm.Mov.Reg(asm.R1, asm.R7),
+			asm.FnSkRelease.Call(),
+			asm.Mov.Imm(asm.R0, 1),
+			asm.Return(),
+		},
+	})
+	if err != nil {
+		c.close()
+		return nil, err
+	}
+	c.closers = append(c.closers, prog)
+	err = n.do(func() error {
+		f, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		l, err := link.AttachNetNs(int(f.Fd()), prog)
+		if err != nil {
+			return err
+		}
+		c.closers = append(c.closers, l)
+		return nil
+	})
+	if err != nil {
+		c.close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func nsInode(path string) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, err
+	}
+	return st.Ino, nil
+}
+
 // mapMemlock sums the memlock the kernel reports for the dispatcher's
 // pinned maps and its binding table.
 func mapMemlock(d *dispatch.Dispatcher) int64 {
@@ -493,7 +594,12 @@ func run(scenario string) error {
 	// itself (the N-sockets row pays it too), so this row isolates the
 	// dispatcher's own cost against the direct listener.
 	dispOne := &contender{name: "sockgate dispatch, same 1 destination as the baseline", ns: disp.ns, dsts: dsts[:1]}
-	all := []*contender{direct, socks, disp, dispOne}
+	bare, err := bareContender(fmt.Sprintf("sgbd-bare-%d", pid), dsts[:1])
+	if err != nil {
+		return err
+	}
+	defer bare.close()
+	all := []*contender{direct, socks, disp, dispOne, bare}
 	rng := rand.New(rand.NewPCG(1, 2))
 	// Warm-up, then alternate rounds.
 	for _, c := range all {
@@ -521,6 +627,9 @@ func run(scenario string) error {
 	fmt.Println("| contender | set-up | kernel memory (Slab+Percpu growth) | BPF maps (memlock) | connects | failed | connect p50 | connect p99 |")
 	fmt.Println("|---|---|---|---|---|---|---|---|")
 	for _, c := range all {
+		if c == bare {
+			c.setup = 0
+		}
 		if c == dispOne {
 			c.setup, c.mem, c.bpfMem = disp.setup, disp.mem, disp.bpfMem
 		}
@@ -535,7 +644,8 @@ func run(scenario string) error {
 	ratio := func(a, b *contender, p float64) float64 {
 		return 100 * (float64(percentile(a.lat, p))/float64(percentile(b.lat, p)) - 1)
 	}
-	fmt.Printf("\ndispatcher vs direct listener, same destination: p50 %+.1f%%, p99 %+.1f%%\n", ratio(dispOne, direct, 0.5), ratio(dispOne, direct, 0.99))
+	fmt.Printf("\nbare sk_lookup program vs direct listener, same destination: p50 %+.1f%%, p99 %+.1f%%\n", ratio(bare, direct, 0.5), ratio(bare, direct, 0.99))
+	fmt.Printf("dispatcher vs direct listener, same destination: p50 %+.1f%%, p99 %+.1f%%\n", ratio(dispOne, direct, 0.5), ratio(dispOne, direct, 0.99))
 	fmt.Printf("dispatcher vs %s, same destinations: p50 %+.1f%%, p99 %+.1f%%\n", socks.name, ratio(disp, socks, 0.5), ratio(disp, socks, 0.99))
 	return nil
 }
