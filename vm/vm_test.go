@@ -319,3 +319,85 @@ func TestSockmapFromProgram(t *testing.T) {
 		}
 	}
 }
+
+// TestRegionBounds makes an out-of-bounds access into each kind of region
+// a program can point into and checks the fault names the region.
+func TestRegionBounds(t *testing.T) {
+	table, err := vm.ParseScenario([]byte(scenarioYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := vm.New(vm.Options{Sockets: table})
+	if _, err := e.AddMap(&ebpf.MapSpec{Name: "arr", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.AddMap(&ebpf.MapSpec{Name: "rb", Type: ebpf.RingBuf, MaxEntries: 4096}); err != nil {
+		t.Fatal(err)
+	}
+	lookupArr := asm.Instructions{
+		asm.StoreImm(asm.RFP, -4, 0, asm.Word),
+		asm.LoadMapPtr(asm.R1, 0).WithReference("arr"),
+		asm.Mov.Reg(asm.R2, asm.RFP), asm.Add.Imm(asm.R2, -4),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "out"),
+	}
+	cases := []struct {
+		name  string
+		typ   ebpf.ProgramType
+		insns asm.Instructions
+		want  string
+	}{
+		{"packet past data_end", ebpf.XDP, asm.Instructions{
+			asm.LoadMem(asm.R2, asm.R1, 0, asm.Word),
+			asm.LoadMem(asm.R0, asm.R2, 64, asm.Byte), asm.Return()}, "packet access out of bounds"},
+		{"packet headroom", ebpf.XDP, asm.Instructions{
+			asm.LoadMem(asm.R2, asm.R1, 0, asm.Word),
+			asm.LoadMem(asm.R0, asm.R2, -1, asm.Byte), asm.Return()}, "packet access out of bounds"},
+		{"context write", ebpf.XDP, asm.Instructions{
+			asm.StoreImm(asm.R1, 12, 1, asm.Word), asm.Mov.Imm(asm.R0, 2), asm.Return()}, "read-only"},
+		{"context past the end", ebpf.SchedCLS, asm.Instructions{
+			asm.LoadMem(asm.R0, asm.R1, 192, asm.Word), asm.Return()}, "__sk_buff access out of bounds"},
+		{"socket filter direct packet access", ebpf.SocketFilter, asm.Instructions{
+			asm.LoadMem(asm.R0, asm.R1, 76, asm.Word), asm.Return()}, "no direct packet access"},
+		{"map value", ebpf.XDP, append(lookupArr,
+			asm.LoadMem(asm.R0, asm.R0, 8, asm.Byte),
+			asm.Mov.Imm(asm.R0, 2).WithSymbol("out"), asm.Return()), "map value access out of bounds"},
+		{"socket", ebpf.SchedCLS, append(lookupProgram(asm.FnSkLookupTcp, true)[:12],
+			asm.LoadMem(asm.R7, asm.R6, 80, asm.Word),
+			asm.Mov.Imm(asm.R0, 0).WithSymbol("out"), asm.Return()), "socket access out of bounds"},
+		{"socket write", ebpf.SchedCLS, append(lookupProgram(asm.FnSkLookupTcp, true)[:12],
+			asm.StoreImm(asm.R6, 0, 1, asm.Word),
+			asm.Mov.Imm(asm.R0, 0).WithSymbol("out"), asm.Return()), "read-only socket"},
+		{"ring buffer record", ebpf.XDP, asm.Instructions{
+			asm.LoadMapPtr(asm.R1, 0).WithReference("rb"),
+			asm.Mov.Imm(asm.R2, 8), asm.Mov.Imm(asm.R3, 0),
+			asm.FnRingbufReserve.Call(),
+			asm.JEq.Imm(asm.R0, 0, "out"),
+			asm.StoreImm(asm.R0, 8, 1, asm.Byte),
+			asm.Mov.Imm(asm.R0, 2).WithSymbol("out"), asm.Return()}, "ring buffer record access out of bounds"},
+	}
+	frame := make([]byte, 64)
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			p, err := e.LoadProgram(strings.ReplaceAll(c.name, " ", "_"), c.typ, c.insns)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.typ == ebpf.XDP {
+				_, err = p.RunXDP(vm.XDPInput{Packet: frame})
+			} else {
+				_, err = p.RunSKB(vm.SKBInput{Packet: frame})
+			}
+			var f *vm.Fault
+			if !errors.As(err, &f) || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("got %v, want a fault saying %q", err, c.want)
+			}
+			// A faulted run gives back what it held.
+			for _, s := range table.Sockets() {
+				if s.Refcnt != 0 {
+					t.Fatalf("%s: refcount %d after a faulted run", s, s.Refcnt)
+				}
+			}
+		})
+	}
+}
