@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/sockgate/sockgate/internal/nettest"
 	"github.com/sockgate/sockgate/vm"
@@ -98,6 +99,34 @@ func TestSocketHelpersAgainstKernel(t *testing.T) {
 	}
 	defer udpConn.Close()
 
+	// A request socket: a SYN from 198.18.0.9, whose SYN-ACK is routed
+	// into a veth with nobody behind it (and so never answered), leaves the
+	// listener's request socket in place.
+	lnReq := ns.ListenTCP(t, netip.AddrPortFrom(srv4, 0))
+	dummy := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "sgreq0"}, PeerName: "sgreq1"}
+	if err := ns.Netlink().LinkAdd(dummy); err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.Netlink().LinkSetUp(dummy); err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.Netlink().RouteAdd(&netlink.Route{LinkIndex: dummy.Attrs().Index, Dst: &net.IPNet{IP: net.IPv4(198, 18, 0, 9), Mask: net.CIDRMask(32, 32)}}); err != nil {
+		t.Fatal(err)
+	}
+	reqRemote := netip.MustParseAddrPort("198.18.0.9:40001")
+	syn := nettest.NewPacket().IPv4(reqRemote.Addr(), srv4).TCP(reqRemote.Port(), port(lnReq.Addr()), nettest.SYN, nettest.SeqNum(1000), nettest.Window(1000)).Bytes()
+	if err := ns.Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		return unix.Sendto(fd, syn, 0, &unix.SockaddrInet4{Addr: srv4.As4()})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond)
+
 	var table *vm.SocketTable
 	if err := ns.Do(func() error {
 		var err error
@@ -109,6 +138,9 @@ func TestSocketHelpersAgainstKernel(t *testing.T) {
 	states := map[vm.SocketState]int{}
 	for _, s := range table.Sockets() {
 		states[s.State]++
+	}
+	if states[vm.StateRequest] != 1 {
+		t.Fatalf("sock_diag found %d request sockets, want 1: %v", states[vm.StateRequest], table.Sockets())
 	}
 	if states[vm.StateListen] < 4 || states[vm.StateEstablished] < 4 || states[vm.StateTimeWait] < 2 || states[vm.StateBound] < 2 || states[vm.StateConnected] < 1 {
 		t.Fatalf("sock_diag read %v, want listeners, established, TIME_WAIT, bound and connected sockets: %v", states, table.Sockets())
@@ -148,6 +180,7 @@ func TestSocketHelpersAgainstKernel(t *testing.T) {
 		"tcp4 time_wait":             tcp(netip.AddrPortFrom(srv4, port(lnAny.Addr())), tw4),
 		"tcp6 time_wait":             tcp(netip.AddrPortFrom(srv6, port(lnDual.Addr())), tw6),
 		"tcp4 no socket":             tcp(remote4, ap("198.18.0.1:9")),
+		"tcp4 request":               tcp(reqRemote, netip.AddrPortFrom(srv4, port(lnReq.Addr()))),
 		"udp4 bound":                 udp(remote4, ap(udp4.LocalAddr().String())),
 		"udp6 bound":                 udp(remote6, ap(udp6.LocalAddr().String())),
 		"udp4 connected":             udp(ap(udp4.LocalAddr().String()), ap(udpConn.LocalAddr().String())),
@@ -169,7 +202,7 @@ func TestSocketHelpersAgainstKernel(t *testing.T) {
 	}
 	// The cases must actually find sockets: check the vm's verdicts.
 	p, _ := pair.VM.Program("sk_lookups")
-	for name, want := range map[string]uint32{"tcp4 listener": 3, "tcp4 time_wait": 2, "udp4 bound": 4, "tcp4 no socket": 0} {
+	for name, want := range map[string]uint32{"tcp4 listener": 3, "tcp4 time_wait": 2, "udp4 bound": 4, "tcp4 no socket": 0, "tcp4 request": 3} {
 		res, err := p.RunPacket(cases[name])
 		if err != nil || res.Return != want {
 			t.Errorf("%s: vm returned %d, %v; want %d", name, res.Return, err, want)

@@ -56,9 +56,9 @@ static __always_inline void record(__u32 slot, struct bpf_sock *sk)
 	r->src_ip4 = sk->src_ip4;
 	r->dst_ip4 = sk->dst_ip4;
 	__u32 s6 = sk->src_ip6[3], d6 = sk->dst_ip6[3];
-	/* An IPv4 TIME_WAIT socket's IPv6 fields are not initialised by the
-	 * kernel: do not record them. */
-	if (sk->family == 2 && sk->state == 6)
+	/* The IPv6 fields of IPv4 TIME_WAIT and request sockets are not
+	 * initialised by the kernel: do not record them. */
+	if (sk->family == 2 && (sk->state == 6 || sk->state == 12))
 		s6 = d6 = 0;
 	r->src_ip6[3] = s6;
 	r->dst_ip6[3] = d6;
