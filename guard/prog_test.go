@@ -600,3 +600,31 @@ func TestEgressWithoutSocket(t *testing.T) {
 	f.expectProg("egress malformed", f.objs.SockgateGuardEgress,
 		frame(local4, peer4, protoTCP, tcpHdr(80, 40000, tcpRST))[:14+20+10], tcDrop, ReasonMalformed)
 }
+
+func TestLogNewEvents(t *testing.T) {
+	f := newFixture(t)
+	ln := f.listenTCP("tcp4", "198.18.200.1:0")
+	p := port(ln.Addr())
+	f.rules(fmt.Sprintf("allow 198.18.201.0/24 tcp %d", p))
+	rd, err := ringbuf.NewReader(f.objs.GuardEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	syn := frame(peer4, local4, protoTCP, tcpHdr(40003, p, tcpSYN))
+	f.expect("allowed SYN without --log-new", syn, tcPass, ReasonNewAllowed)
+	rd.SetDeadline(time.Now().Add(200 * time.Millisecond))
+	if _, err := rd.Read(); err == nil {
+		t.Fatal("an allowed connection made an event without --log-new")
+	}
+	setFlags(t, f, flagLogNew)
+	f.expect("allowed SYN with --log-new", syn, tcPass, ReasonNewAllowed)
+	rd.SetDeadline(time.Now().Add(2 * time.Second))
+	rec, err := rd.Read()
+	if err != nil {
+		t.Fatalf("no event with --log-new: %v", err)
+	}
+	if ev, _ := decodeEvent(rec.RawSample, bootTime()); ev.Verdict != "pass" || ev.Reason != "new-allowed" || ev.SrcPort != 40003 {
+		t.Errorf("event %+v", ev)
+	}
+}
