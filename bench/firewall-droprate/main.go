@@ -169,7 +169,10 @@ func run0() error {
 		}
 		printTable(n, results)
 	}
-	return ctx.Err()
+	if ctx.Err() != nil {
+		return errors.New("interrupted; namespaces and programs removed")
+	}
+	return nil
 }
 
 // measureRound sets every contender up with n rules, interleaves their
