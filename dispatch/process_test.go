@@ -246,6 +246,25 @@ func TestRegisterPid(t *testing.T) {
 	if got, err := e.waitServed("198.18.1.9:80"); err != nil || got != "pidfd-server" {
 		t.Fatalf("through the dispatcher: %q, %v; want pidfd-server", got, err)
 	}
+	// `bindings` names the serving socket and its process, like ss -lp.
+	out, err = exec.Command(bin, "--netns", e.ns.Path, "-o", "json", "dispatch", "bindings").CombinedOutput()
+	if err != nil {
+		t.Fatalf("bindings: %v\n%s", err, out)
+	}
+	var rows []struct {
+		Owners []Owner `json:"owners"`
+	}
+	if err := json.Unmarshal(out, &rows); err != nil || len(rows) != 1 || len(rows[0].Owners) != 1 {
+		t.Fatalf("bindings -o json: %v\n%s", err, out)
+	}
+	o := rows[0].Owners[0]
+	wantProc := fmt.Sprintf("%d/", cmd.Process.Pid)
+	if !strings.HasPrefix(o.Local.String(), "127.0.0.1:") || len(o.Processes) != 1 || !strings.HasPrefix(o.Processes[0], wantProc) {
+		t.Errorf("owner %+v: want 127.0.0.1:* held by %s*", o, wantProc)
+	}
+	out, _ = exec.Command(bin, "--netns", e.ns.Path, "dispatch", "bindings").CombinedOutput()
+	t.Logf("bindings:\n%s", out)
+
 	// A pid that doesn't exist: clear error, non-zero exit.
 	out, err = exec.Command(bin, "--netns", e.ns.Path, "dispatch", "register-pid", "999999999", "web").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "no such process") {

@@ -224,16 +224,19 @@ type bindingRow struct {
 	// Sockets are the cookies of the label's sockets for the binding's
 	// protocol and family; empty means connections are refused.
 	Sockets []uint64 `json:"sockets"`
+	// Owners describe those sockets: local address and processes.
+	Owners []dispatch.Owner `json:"owners"`
 }
 
 func newDispatchBindingsCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "bindings",
 		Short: "Show which socket serves which addresses and ports",
-		Long: `Lists every binding with the socket that serves it (by socket cookie, as
-` + "`ss -e`" + ` shows it). A binding whose label has no socket for its family and
-protocol shows "REFUSED": its connections are refused until a socket
-registers.`,
+		Long: `Lists every binding with the socket that serves it: the socket's local
+address and the processes holding it (PID/COMM), as ` + "`ss -lp`" + ` would show them,
+or its cookie when no process holds it any more. A binding whose label has no
+socket for its family and protocol shows "REFUSED": its connections are
+refused until a socket registers. -o json adds the cookies.`,
 		Example: `  sockgate dispatch bindings
   sockgate dispatch bindings -o json`,
 		Args: cobra.NoArgs,
@@ -251,9 +254,10 @@ registers.`,
 			if err != nil {
 				return dispatchErr("bindings", err)
 			}
+			owners := dispatch.SocketOwners(dests)
 			rows := make([]bindingRow, 0, len(bs))
 			for _, b := range bs {
-				r := bindingRow{Binding: b, Sockets: []uint64{}}
+				r := bindingRow{Binding: b, Sockets: []uint64{}, Owners: []dispatch.Owner{}}
 				fam := uint8(6)
 				if b.Prefix.Addr().Is4() {
 					fam = 4
@@ -261,6 +265,9 @@ registers.`,
 				for _, s := range dests {
 					if s.Label == b.Label && s.Protocol == b.Protocol && s.Family == fam {
 						r.Sockets = append(r.Sockets, s.Cookie)
+						if o, ok := owners[s.Cookie]; ok {
+							r.Owners = append(r.Owners, o)
+						}
 					}
 				}
 				rows = append(rows, r)
@@ -271,6 +278,13 @@ registers.`,
 					sock := "REFUSED"
 					if len(r.Sockets) > 0 {
 						sock = "cookie:" + strconv.FormatUint(r.Sockets[0], 10)
+					}
+					if len(r.Owners) > 0 {
+						o := r.Owners[0]
+						sock = o.Local.String()
+						if len(o.Processes) > 0 {
+							sock += " " + strings.Join(o.Processes, ",")
+						}
 					}
 					var flags []string
 					if r.NoReuseport {
