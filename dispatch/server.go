@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -73,6 +74,9 @@ func (s *Server) logf(format string, args ...any) {
 
 func (s *Server) handle(c *net.UnixConn) {
 	defer c.Close()
+	// A client that connects and says nothing must not hold a goroutine
+	// forever.
+	c.SetDeadline(time.Now().Add(10 * time.Second))
 	buf := make([]byte, 4096)
 	oob := make([]byte, unix.CmsgSpace(16*4))
 	n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
