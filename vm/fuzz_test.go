@@ -296,3 +296,47 @@ func FuzzRun(f *testing.F) {
 		p.RunXDP(vm.XDPInput{Packet: frame})
 	})
 }
+
+// FuzzParseScenario feeds arbitrary YAML to the scenario parser: it must
+// return a table or an error, and a table's lookups must not panic.
+func FuzzParseScenario(f *testing.F) {
+	f.Add(scenarioYAML)
+	f.Add("sockets: [{proto: udp, state: connected, local: '[fd00:5067::1]:53', remote: '[fd00:5067::2]:9'}]")
+	f.Add("sockets: [{proto: tcp, state: listen, local: '[::]:80', v6only: true}]")
+	f.Fuzz(func(t *testing.T, s string) {
+		table, err := vm.ParseScenario([]byte(s))
+		if err != nil {
+			return
+		}
+		for _, sk := range table.Sockets() {
+			table.Lookup(sk.Netns, sk.Proto, sk.Remote, sk.Local)
+		}
+	})
+}
+
+// FuzzLoadJSON feeds arbitrary map state to an engine with one map of
+// each kind: it must load it or refuse it, and what it loads must dump.
+func FuzzLoadJSON(f *testing.F) {
+	f.Add(`{"h": {"entries": [{"key": "01000000", "value": "0200000000000000"}]}}`)
+	f.Add(`{"pc": {"entries": [{"key": "00000000", "values": ["0100000000000000", "0200000000000000"]}]}}`)
+	f.Add(`{"lpm": {"entries": [{"key": "18000000c6120000", "value": "01000000"}]}}`)
+	f.Fuzz(func(t *testing.T, s string) {
+		e := vm.New(vm.Options{CPUs: 2})
+		for _, m := range []*ebpf.MapSpec{
+			{Name: "h", Type: ebpf.Hash, KeySize: 4, ValueSize: 8, MaxEntries: 4},
+			{Name: "pc", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: 2},
+			{Name: "lpm", Type: ebpf.LPMTrie, KeySize: 8, ValueSize: 4, MaxEntries: 4},
+			{Name: "lru", Type: ebpf.LRUHash, KeySize: 4, ValueSize: 4, MaxEntries: 2},
+		} {
+			if _, err := e.AddMap(m); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := e.LoadJSON([]byte(s)); err != nil {
+			return
+		}
+		if _, err := e.DumpJSON(); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
