@@ -145,6 +145,58 @@ func mustAppend(v any) []byte {
 	return out
 }
 
+// BenchmarkTrieFill is the control plane's cost of filling an LPM trie of
+// fw_prefix's key and value types with the prefixes of the 1M rule set,
+// one BPF_MAP_UPDATE_ELEM per entry (what the firewall does) against one
+// BPF_MAP_UPDATE_BATCH (the kernel has taken batches for tries since 5.6).
+//
+//	go test -run '^$' -bench BenchmarkTrieFill ./firewall/
+func BenchmarkTrieFill(b *testing.B) {
+	set := benchRuleSet(1_000_000)
+	var keys []firewallFwPrefixKey
+	var values []firewallFwMatch
+	for i, r := range set.rules {
+		if r.Src.Bits() < 32 {
+			family, addr := encodeAddr(r.Src.Addr())
+			keys = append(keys, firewallFwPrefixKey{Prefixlen: 64 + uint32(r.Src.Bits()), Family: family, Addr: addr})
+			values = append(values, firewallFwMatch{Rule: uint32(i + 1)})
+		}
+	}
+	spec, err := loadFirewall()
+	if err != nil {
+		b.Fatal(err)
+	}
+	trieSpec := spec.Maps["fw_prefix"].Copy()
+	trieSpec.MaxEntries = uint32(len(keys))
+	for _, batch := range []bool{false, true} {
+		name := "put"
+		if batch {
+			name = "batch"
+		}
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				m, err := ebpf.NewMap(trieSpec)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if batch {
+					if _, err := m.BatchUpdate(keys, values, nil); err != nil {
+						b.Fatal(err)
+					}
+				} else {
+					for i := range keys {
+						if err := m.Put(keys[i], values[i]); err != nil {
+							b.Fatal(err)
+						}
+					}
+				}
+				m.Close()
+			}
+			b.ReportMetric(float64(len(keys))*float64(b.N)/b.Elapsed().Seconds(), "entries/s")
+		})
+	}
+}
+
 // newPrefix4Trie holds the IPv4 prefix rules of rules (not the /32s) in a
 // trie keyed by the bare address, with fw_prefix's value type.
 func newPrefix4Trie(tb testing.TB, rules []Rule) *ebpf.Map {
