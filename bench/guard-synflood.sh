@@ -130,7 +130,7 @@ CAP=$(($(cat /proc/sys/net/netfilter/nf_conntrack_max) * 3 / 4))
 # until the cap); prints the packets sent, and "capped@Ns" when it stopped
 # at the cap.
 flood() {
-	ip netns exec "$GEN" hping3 -q -S --flood --rand-source -p "$1" 198.18.0.2 2>"$WORK/hping.err" &
+	ip netns exec "$GEN" hping3 -q -S --flood --rand-source -p "$1" 198.18.0.2 >/dev/null 2>"$WORK/hping.err" &
 	local hp=$! start=$SECONDS note=""
 	while [ $((SECONDS - start)) -lt "$FLOOD" ]; do
 		sleep 0.2
