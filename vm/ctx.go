@@ -125,7 +125,9 @@ func (c *xdpCtx) store(m *machine, off uint32, size int, v uint64) error {
 
 // XDPInput is the input of an XDP run.
 type XDPInput struct {
-	Packet         []byte
+	// Packet is the frame, from the Ethernet header.
+	Packet []byte
+	// IngressIfindex and RxQueueIndex are the xdp_md fields.
 	IngressIfindex uint32
 	RxQueueIndex   uint32
 }
@@ -267,8 +269,10 @@ func (c *skbCtx) store(m *machine, off uint32, size int, v uint64) error {
 // SKBInput is the input of a sched_cls or socket filter run.
 type SKBInput struct {
 	// Packet is the frame, starting with the Ethernet header.
-	Packet  []byte
-	Mark    uint32
+	Packet []byte
+	// Mark is the initial skb mark.
+	Mark uint32
+	// Ifindex is the device (__sk_buff.ifindex and ingress_ifindex).
 	Ifindex uint32
 	// Socket is the socket the skb belongs to (__sk_buff.sk), if any.
 	Socket *Socket
@@ -357,10 +361,14 @@ func (c *skLookupCtx) store(m *machine, off uint32, size int, v uint64) error {
 // SkLookupInput describes the connection being looked up.
 type SkLookupInput struct {
 	// Proto is "tcp" or "udp".
-	Proto          string
-	Remote, Local  netip.AddrPort
+	Proto string
+	// Remote and Local are the connection's ends; Local is the address
+	// the connection is for.
+	Remote, Local netip.AddrPort
+	// IngressIfindex is bpf_sk_lookup.ingress_ifindex.
 	IngressIfindex uint32
-	Netns          uint32
+	// Netns is the model namespace the socket helpers look in.
+	Netns uint32
 }
 
 // SkLookupResult is the outcome of an sk_lookup run.

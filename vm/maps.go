@@ -51,11 +51,15 @@ type Map struct {
 	// Name is the map's name in the object.
 	Name string
 	// Type is the kernel map type.
-	Type       ebpf.MapType
-	KeySize    uint32
-	ValueSize  uint32
+	Type ebpf.MapType
+	// KeySize and ValueSize are in bytes; for per-CPU maps ValueSize is
+	// one CPU's value.
+	KeySize   uint32
+	ValueSize uint32
+	// MaxEntries is the capacity (for ring buffers, the size in bytes).
 	MaxEntries uint32
-	Flags      uint32
+	// Flags are the map flags from the object (BPF_F_RDONLY_PROG, ...).
+	Flags uint32
 
 	eng         *Engine
 	cpus        int
