@@ -67,8 +67,10 @@
  * marker entry of a protocol and family (port, ifindex, addr zero).
  */
 #define DP_MARKER		0x100
-#define DP_MARKERS		11	/* 11 x 12 lengths >= 129 */
-#define DP_LENS_PER_MARKER	12
+#define DP_MARKERS		12	/* 12 x 11 lengths >= 129 */
+#define DP_LENS_PER_MARKER	11
+#define DP_MARKER_FLAGS		11	/* byte of the flags in a marker */
+#define DP_MF_IFACE		(1 << 0)	/* interface-scoped bindings exist */
 #define DP_LEN_END		0xff
 
 struct dp_key {
@@ -81,8 +83,11 @@ struct dp_key {
 };
 
 /*
- * What a table entry resolves to. A marker entry holds instead up to 12
- * prefix lengths as bytes, longest first, DP_LEN_END after the last.
+ * What a table entry resolves to. A marker entry holds instead up to 11
+ * prefix lengths as bytes, longest first, DP_LEN_END after the last, and
+ * in its last byte flags (DP_MF_*) that let a lookup skip the probes it
+ * doesn't need: without interface-scoped bindings of the protocol and
+ * family, a level costs one or two hash lookups instead of two to four.
  */
 struct dp_target {
 	__u32 label_id;
@@ -349,7 +354,6 @@ int dispatch(struct bpf_sk_lookup *ctx)
 	w.table = table;
 	w.key = &key;
 	w.full = full;
-	w.ifindex = ctx->ingress_ifindex;
 	w.port = ctx->local_port;
 
 	mkey.protocol = key.protocol;
@@ -361,6 +365,8 @@ int dispatch(struct bpf_sk_lookup *ctx)
 		lens = bpf_map_lookup_elem(table, &mkey);
 		if (!lens)
 			break;
+		if (m == 0 && (lens[DP_MARKER_FLAGS] & DP_MF_IFACE))
+			w.ifindex = ctx->ingress_ifindex;
 		for (i = 0; i < DP_LENS_PER_MARKER; i++) {
 			__u32 len = lens[i];
 

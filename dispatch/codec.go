@@ -30,8 +30,10 @@ const (
 // prefix lengths in use, longest first, 12 to an entry.
 const (
 	markerBase    = 0x100
-	maxMarkers    = 11
-	lensPerMarker = 12
+	maxMarkers    = 12
+	lensPerMarker = 11
+	markerFlags   = 11     // byte of the flags in a marker entry
+	markerIface   = 1 << 0 // interface-scoped bindings exist
 	lenEnd        = 0xff
 )
 
@@ -163,10 +165,14 @@ func compile(rs []resolved) map[tableKey]tableTarget {
 	}
 	type pf struct{ proto, fam uint8 }
 	lens := make(map[pf]map[int]bool)
+	scoped := make(map[pf]bool)
 	for _, r := range rs {
 		k := pf{uint8(r.Protocol), family(r.Prefix.Addr())}
 		if lens[k] == nil {
 			lens[k] = make(map[int]bool)
+		}
+		if r.ifindex != 0 {
+			scoped[k] = true
 		}
 		lens[k][r.Prefix.Bits()] = true
 		if r.Ports.All() {
@@ -184,12 +190,15 @@ func compile(rs []resolved) map[tableKey]tableTarget {
 		}
 		sort.Sort(sort.Reverse(sort.IntSlice(sorted)))
 		for m := 0; m*lensPerMarker < len(sorted) || m == 0; m++ {
-			var b [lensPerMarker]byte
-			for i := range b {
+			var b [12]byte
+			for i := range lensPerMarker {
 				b[i] = lenEnd
 				if j := m*lensPerMarker + i; j < len(sorted) {
 					b[i] = byte(sorted[j])
 				}
+			}
+			if m == 0 && scoped[k] {
+				b[markerFlags] = markerIface
 			}
 			key := tableKey{Prefixlen: markerBase + uint32(m), Protocol: k.proto, Family: k.fam}
 			out[key] = tableTarget{
