@@ -577,16 +577,38 @@ type entryDump struct {
 	Key    string   `json:"key"`
 	Value  string   `json:"value,omitempty"`
 	Values []string `json:"values,omitempty"`
+	// Socket is the cookie of the socket in a sockmap or sockhash slot,
+	// resolved against the engine's socket table.
+	Socket uint64 `json:"socket,omitempty"`
+	// Program is the program in a prog array slot.
+	Program string `json:"program,omitempty"`
 }
 
-// DumpJSON writes the contents of all hash and array maps as JSON: an
-// object from map name to {type, entries: [{key, value}]} with keys and
-// values in hex; per-CPU maps list one value per CPU under "values".
-// Arrays list only non-zero entries.
+// DumpJSON writes the contents of the maps as JSON: an object from map
+// name to {type, entries: [{key, value}]} with keys and values in hex;
+// per-CPU maps list one value per CPU under "values"; sockmap and
+// sockhash entries name their socket by cookie ("socket"), prog array
+// entries their program ("program"). Arrays list only non-zero entries.
+// Maps of maps and ring buffers are not dumped.
 func (e *Engine) DumpJSON() ([]byte, error) {
 	out := map[string]mapDump{}
 	for _, name := range e.MapNames() {
 		m := e.maps[name]
+		switch m.Type {
+		case ebpf.SockMap, ebpf.SockHash, ebpf.ProgramArray:
+			d := mapDump{Type: m.Type.String(), Entries: []entryDump{}}
+			for _, k := range m.Keys() {
+				ed := entryDump{Key: hex.EncodeToString(k)}
+				if m.Type == ebpf.ProgramArray {
+					ed.Program = m.progs[binary.LittleEndian.Uint32(k)].Name
+				} else {
+					ed.Socket = m.socket(k).Cookie
+				}
+				d.Entries = append(d.Entries, ed)
+			}
+			out[name] = d
+			continue
+		}
 		if !m.isArray() && !m.isHash() {
 			continue
 		}
@@ -642,6 +664,29 @@ func (e *Engine) LoadJSON(data []byte) error {
 			k, err := hex.DecodeString(ed.Key)
 			if err != nil {
 				return fmt.Errorf("map state: %s entry %d: key: %w", name, i, err)
+			}
+			switch m.Type {
+			case ebpf.SockMap, ebpf.SockHash:
+				s := e.socketByCookie(ed.Socket)
+				if s == nil {
+					return fmt.Errorf("map state: %s entry %d: no socket with cookie %d in the socket table", name, i, ed.Socket)
+				}
+				if err := m.SetSocket(k, s); err != nil {
+					return fmt.Errorf("map state: %s entry %d: %w", name, i, err)
+				}
+				continue
+			case ebpf.ProgramArray:
+				p, err := e.Program(ed.Program)
+				if err != nil {
+					return fmt.Errorf("map state: %s entry %d: %w", name, i, err)
+				}
+				if len(k) != 4 {
+					return fmt.Errorf("map state: %s entry %d: prog array key must be 4 bytes", name, i)
+				}
+				if err := m.SetProgram(binary.LittleEndian.Uint32(k), p); err != nil {
+					return fmt.Errorf("map state: %s entry %d: %w", name, i, err)
+				}
+				continue
 			}
 			var v []byte
 			if ed.Values != nil {
@@ -748,4 +793,16 @@ func (m *Map) Range(fn func(key, value []byte) bool) {
 			}
 		}
 	}
+}
+
+func (e *Engine) socketByCookie(c uint64) *Socket {
+	if c == 0 || e.opts.Sockets == nil {
+		return nil
+	}
+	for _, s := range e.opts.Sockets.socks {
+		if s.Cookie == c {
+			return s
+		}
+	}
+	return nil
 }

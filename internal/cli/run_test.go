@@ -247,3 +247,39 @@ func FuzzReadCapture(f *testing.F) {
 		}
 	})
 }
+
+// TestRunCommandSkLookupSteers fills the sockmap from map state (by socket
+// cookie from the scenario) and checks the connection is steered to it.
+func TestRunCommandSkLookupSteers(t *testing.T) {
+	dir := t.TempDir()
+	scen := filepath.Join(dir, "s.yaml")
+	os.WriteFile(scen, []byte("sockets:\n  - {proto: udp, state: bound, local: '198.18.0.7:5353', cookie: 42}\n"), 0o644)
+	state := filepath.Join(dir, "state.json")
+	os.WriteFile(state, []byte(`{
+  "port_to_slot": {"entries": [{"key": "2000000035000000", "value": "02000000"}]},
+  "socks": {"entries": [{"key": "02000000", "socket": 42}]}
+}`), 0o644)
+	in := writePcap(t, udpFrame(53))
+	dump := filepath.Join(dir, "out.json")
+	code, stdout, stderr := runCLI(t, "-o", "json", "run", "../../vm/testdata/sklookup.o", "--prog", "steer", "--pcap", in,
+		"--sockets", scen, "--maps", state, "--dump-maps", dump)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var rep runReport
+	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Packets) != 1 || rep.Packets[0].Verdict != "SK_PASS" || !strings.Contains(rep.Packets[0].Selected, "198.18.0.7:5353") {
+		t.Fatalf("not steered: %+v", rep.Packets)
+	}
+	out, _ := os.ReadFile(dump)
+	if !strings.Contains(string(out), `"socket": 42`) {
+		t.Errorf("dumped state lacks the sockmap entry:\n%s", out)
+	}
+	// A cookie the table doesn't have is an error.
+	os.WriteFile(state, []byte(`{"socks": {"entries": [{"key": "02000000", "socket": 7}]}}`), 0o644)
+	if code, _, stderr := runCLI(t, "run", "../../vm/testdata/sklookup.o", "--prog", "steer", "--pcap", in, "--sockets", scen, "--maps", state); code == 0 || !strings.Contains(stderr, "no socket with cookie 7") {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+}
