@@ -589,11 +589,17 @@ func run(scenario string) error {
 	}
 	defer disp.close()
 
-	// The same dispatcher, connected to the baseline's one destination:
-	// spreading connections over many destinations costs something by
-	// itself (the N-sockets row pays it too), so this row isolates the
-	// dispatcher's own cost against the direct listener.
-	dispOne := &contender{name: "sockgate dispatch, same 1 destination as the baseline", ns: disp.ns, dsts: dsts[:1]}
+	// A second dispatcher in its own namespace, connected only to the
+	// baseline's one destination: spreading connections over many
+	// destinations costs something by itself (the N-sockets row pays it
+	// too), so this row isolates the dispatcher's own cost against the
+	// direct listener.
+	dispOne, err := dispatcherContender(fmt.Sprintf("sgbd-disp1-%d", pid), dsts[:1], bindings)
+	if err != nil {
+		return err
+	}
+	defer dispOne.close()
+	dispOne.name = "sockgate dispatch, same 1 destination as the baseline"
 	bare, err := bareContender(fmt.Sprintf("sgbd-bare-%d", pid), dsts[:1])
 	if err != nil {
 		return err
@@ -629,9 +635,6 @@ func run(scenario string) error {
 	for _, c := range all {
 		if c == bare {
 			c.setup = 0
-		}
-		if c == dispOne {
-			c.setup, c.mem, c.bpfMem = disp.setup, disp.mem, disp.bpfMem
 		}
 		bpf := "-"
 		if c.bpfMem > 0 {
