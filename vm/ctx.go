@@ -24,7 +24,9 @@ type runState struct {
 	redirect *Redirect
 	// skLookup state
 	selected *Socket
-	netns    uint32
+	// noReuseport is BPF_SK_LOOKUP_F_NO_REUSEPORT of the last sk_assign.
+	noReuseport bool
+	netns       uint32
 }
 
 // Redirect records a bpf_redirect / bpf_redirect_map decision.
@@ -409,6 +411,11 @@ func (p *Program) RunSkLookup(in SkLookupInput) (SkLookupResult, error) {
 	ctxp := m.addRegion(RegionContext, c.raw[:], true, nil)
 	r0, err := m.exec(p, ctxp)
 	res := SkLookupResult{Verdict: uint32(r0), Selected: m.run.selected}
+	if s := res.Selected; s != nil && s.Reuseport != "" && !m.run.noReuseport {
+		// As in the kernel, a socket in a reuseport group stands for the
+		// group: the member is picked by the flow's hash.
+		res.Selected = p.eng.opts.Sockets.reuseportPick(s, in.Remote, in.Local)
+	}
 	return res, p.eng.finish(p, m, err)
 }
 

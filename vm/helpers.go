@@ -764,6 +764,7 @@ func hSkAssign(m *machine, a1, a2, a3, _, _ uint64) (uint64, error) {
 		return negErrno(unix.EEXIST), nil
 	}
 	m.run.selected = s
+	m.run.noReuseport = a3&noReuse != 0
 	return 0, nil
 }
 

@@ -223,9 +223,7 @@ func (t *SocketTable) Lookup(netns uint32, proto string, remote, local netip.Add
 				group = append(group, c)
 			}
 		}
-		h := fnv.New32a()
-		h.Write([]byte(remote.String() + local.String()))
-		return group[int(h.Sum32()%uint32(len(group)))]
+		return pickMember(group, remote, local)
 	}
 	if s := pick(true); s != nil {
 		return s
@@ -459,3 +457,30 @@ func (m *machine) releaseAll() {
 // comparing skb programs with the kernel: with it, __sk_buff.sk is not
 // NULL, as in the kernel's test runs.
 func TestRunSocket() *Socket { return &Socket{Cookie: 1 << 62} }
+
+// pickMember chooses a reuseport group member for a flow. The kernel
+// hashes with a per-boot secret, so the model cannot pick the kernel's
+// member; it picks deterministically, and the same flow always gets the
+// same member.
+func pickMember(group []*Socket, remote, local netip.AddrPort) *Socket {
+	h := fnv.New32a()
+	h.Write([]byte(remote.String() + local.String()))
+	return group[int(h.Sum32()%uint32(len(group)))]
+}
+
+// reuseportPick returns the member of s's reuseport group a flow goes to.
+func (t *SocketTable) reuseportPick(s *Socket, remote, local netip.AddrPort) *Socket {
+	if t == nil {
+		return s
+	}
+	var group []*Socket
+	for _, c := range t.socks {
+		if c.Reuseport == s.Reuseport && c.Netns == s.Netns && c.Proto == s.Proto && c.Local.Port() == s.Local.Port() {
+			group = append(group, c)
+		}
+	}
+	if len(group) == 0 {
+		return s
+	}
+	return pickMember(group, remote, local)
+}
