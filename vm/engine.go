@@ -8,6 +8,19 @@
 // values, sockets, ring buffer records); pointers are tagged 64-bit values
 // and every access is bounds-checked, so a bad program gets a Fault naming
 // the instruction, never a Go panic or a read of unrelated memory.
+//
+// The kernel is the oracle: vmtest runs the same objects through
+// BPF_PROG_TEST_RUN and compares. Known differences, by design or not yet
+// modelled:
+//   - LRU maps evict the least recently used element exactly; the
+//     kernel's LRU is approximate, so which element goes may differ.
+//   - A reuseport group member is picked by a deterministic hash; the
+//     kernel's hash has a per-boot secret.
+//   - bpf_redirect_map always redirects (the vm has no devices); the
+//     kernel falls back to the flags' action for a missing key.
+//   - Maps of maps and ring buffers are not part of the JSON map state.
+//   - Tail calls, bpf-to-bpf calls and bpf_loop callbacks share one
+//     instruction budget per run.
 package vm
 
 import (

@@ -421,6 +421,14 @@ func (m *Map) SetProgram(idx uint32, p *Program) error {
 	if idx >= m.MaxEntries {
 		return fmt.Errorf("map %s: index %d: %w", m.Name, idx, ErrMapFull)
 	}
+	if p != nil {
+		// As in the kernel, a prog array holds programs of one type.
+		for _, q := range m.progs {
+			if q != nil && q.Type != p.Type {
+				return fmt.Errorf("map %s: program %s is %s, the array holds %s programs: %w", m.Name, p.Name, p.Type, q.Type, ErrInvalid)
+			}
+		}
+	}
 	m.progs[idx] = p
 	return nil
 }
