@@ -70,10 +70,10 @@ userspace eBPF engine and runs one of its programs on every packet of a pcap
 or pcapng file, printing the verdict per packet and the totals.
 
 XDP, sched_cls (tc) and socket filter programs take packets; an sk_lookup
-program sees each packet's addresses and ports as the connection to steer. Socket helpers
-(bpf_sk_lookup_tcp and friends) look in a model socket table, filled from a
-scenario file (--sockets) or from this host's sockets through sock_diag
-(--host-sockets). Map contents can be loaded before the run (--maps) and
+program sees each packet's addresses and ports as the connection to steer.
+Socket helpers (bpf_sk_lookup_tcp and friends) look in a model socket table,
+filled from a scenario file (--sockets) or from this host's sockets through
+sock_diag (--host-sockets). Map contents can be loaded before the run (--maps) and
 written after it (--dump-maps), as JSON with hex keys and values.
 
 bpf_ktime_get_ns returns the timestamp of the packet being run, so rate
