@@ -300,3 +300,47 @@ func FuzzParseBinding(f *testing.F) {
 		}
 	})
 }
+
+func TestParseBindingsFile(t *testing.T) {
+	good := `bindings:
+  - {label: resolver, protocol: udp, prefix: 198.18.4.0/24, ports: "53"}
+  - {label: proxy, protocol: tcp, prefix: 198.18.3.1, ports: all, no-reuseport: true, replace: true}
+  - {label: web, protocol: tcp, prefix: "fd00:5067::/64", ports: 8000-8099, iface: eth1}
+`
+	bs, err := ParseBindingsFile([]byte(good))
+	if err != nil || len(bs) != 3 || !bs[1].NoReuseport || !bs[1].Replace || bs[2].Iface != "eth1" || bs[2].Ports != (Ports{8000, 8099}) {
+		t.Fatalf("ParseBindingsFile = %+v, %v", bs, err)
+	}
+	if bs, err := ParseBindingsFile([]byte("bindings: []\n")); err != nil || len(bs) != 0 {
+		t.Errorf("empty list: %v, %v", bs, err)
+	}
+	for _, bad := range []struct{ in, err string }{
+		{"bindings:\n  - {label: a, protocl: udp, prefix: 198.18.4.0/24, ports: \"53\"}\n", "protocl"},
+		{"bindings:\n  - {label: a, protocol: udp, prefix: 198.18.4.1/24, ports: \"53\"}\n", "host bits"},
+		{"bindings:\n  - {label: a, protocol: udp, prefix: 198.18.4.0/24, ports: \"53\"}\n  - {label: b, protocol: udp, prefix: 198.18.4.0/24, ports: \"53\"}\n", "duplicate"},
+		{"bindings:\n  - {label: '', protocol: udp, prefix: 198.18.4.0/24, ports: \"53\"}\n", "label is empty"},
+		{"bindings: {}\n", ""},
+		{"[", ""},
+	} {
+		if _, err := ParseBindingsFile([]byte(bad.in)); err == nil || !strings.Contains(err.Error(), bad.err) {
+			t.Errorf("ParseBindingsFile(%q) = %v, want an error containing %q", bad.in, err, bad.err)
+		}
+	}
+}
+
+// FuzzParseBindingsFile: hostile files give an error or a valid set,
+// never a panic.
+func FuzzParseBindingsFile(f *testing.F) {
+	f.Add([]byte("bindings:\n  - {label: a, protocol: udp, prefix: 198.18.4.0/24, ports: \"53\"}\n"))
+	f.Add([]byte(`{"bindings":[{"label":"x","protocol":"tcp","prefix":"::/0","ports":"1-65535","iface":"lo"}]}`))
+	f.Add([]byte("bindings: [{label: a, protocol: tcp, prefix: ::ffff:0:0/96, ports: all}]"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		bs, err := ParseBindingsFile(data)
+		if err != nil {
+			return
+		}
+		if err := ValidateSet(bs); err != nil {
+			t.Fatalf("ParseBindingsFile returned an invalid set: %v", err)
+		}
+	})
+}

@@ -18,7 +18,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
-	"sigs.k8s.io/yaml"
 
 	"github.com/sockgate/sockgate/dispatch"
 )
@@ -560,39 +559,6 @@ a socket and the binding has no --replace.`,
 	}
 }
 
-// bindingsFile is the format of `dispatch apply -f`.
-type bindingsFile struct {
-	Bindings []fileBinding `json:"bindings"`
-}
-
-type fileBinding struct {
-	Label       string `json:"label"`
-	Protocol    string `json:"protocol"`
-	Prefix      string `json:"prefix"`
-	Ports       string `json:"ports"`
-	Iface       string `json:"iface,omitempty"`
-	NoReuseport bool   `json:"no-reuseport,omitempty"`
-	Replace     bool   `json:"replace,omitempty"`
-}
-
-// ParseBindingsFile parses the YAML (or JSON) of `dispatch apply -f`.
-func parseBindingsFile(data []byte) ([]dispatch.Binding, error) {
-	var f bindingsFile
-	if err := yaml.UnmarshalStrict(data, &f); err != nil {
-		return nil, err
-	}
-	out := make([]dispatch.Binding, 0, len(f.Bindings))
-	for i, fb := range f.Bindings {
-		b, err := parseBindingArgs([]string{fb.Label, fb.Protocol, fb.Prefix, fb.Ports},
-			bindFlags{noReuseport: fb.NoReuseport, replace: fb.Replace, iface: fb.Iface})
-		if err != nil {
-			return nil, fmt.Errorf("bindings[%d]: %w", i, err)
-		}
-		out = append(out, b)
-	}
-	return out, dispatch.ValidateSet(out)
-}
-
 func newDispatchApplyCmd(g *globals) *cobra.Command {
 	var file string
 	cmd := &cobra.Command{
@@ -626,7 +592,7 @@ An empty list removes every binding.`,
 			if err != nil {
 				return dispatchErr("apply", err)
 			}
-			bs, err := parseBindingsFile(data)
+			bs, err := dispatch.ParseBindingsFile(data)
 			if err != nil {
 				return dispatchErr("apply", fmt.Errorf("%s: %w", file, err))
 			}
