@@ -323,11 +323,33 @@ func TestEndToEndEgress(t *testing.T) {
 		c.Close()
 		t.Errorf("outbound connection no egress rule allows succeeded")
 	}
+
+	// UDP: a reply from a port the inbound policy opens to that peer
+	// leaves; a datagram to a port no egress rule allows does not.
+	udpEcho := top.Server.UDPEchoServer(t, netip.AddrPortFrom(srv.Addr4, 0))
+	mustSockgate(t, guardOn(srv, "guard", "allow", srv.Name, "--from", cl.Addr4.String(), "--proto", "udp", "--port", fmt.Sprint(udpEcho.Port()))...)
+	if err := cl.NS.EchoUDP(udpEcho, []byte("ping"), 2*time.Second); err != nil {
+		t.Errorf("UDP request/reply through egress: %v", err)
+	}
+	sink := top.Client.ListenUDP(t, netip.AddrPortFrom(cl.Addr4, 0))
+	out, err := srv.NS.DialUDP(addrPortOf(sink.LocalAddr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	out.Write([]byte("unsolicited"))
+	sink.SetReadDeadline(time.Now().Add(dropTimeout))
+	if n, _, err := sink.ReadFrom(make([]byte, 64)); err == nil {
+		t.Errorf("a new outbound UDP flow no egress rule allows got through (%d bytes)", n)
+	}
+
 	s := stats(t, srv)
-	if s["local"][0] == 0 || s["new-denied"][1] == 0 {
+	if s["local"][0] == 0 || s["new-denied"][1] < 2 {
 		t.Errorf("counters: %v", s)
 	}
 }
+
+func addrPortOf(a net.Addr) netip.AddrPort { return a.(*net.UDPAddr).AddrPort() }
 
 func TestEndToEndApplyAndBadInput(t *testing.T) {
 	top := nettest.NewTopology(t)
