@@ -166,27 +166,40 @@ func TestSecondProgram(t *testing.T) {
 // TestServiceRestart: while the service's socket is closed its
 // connections are refused, never handed to another socket that the
 // kernel's own lookup would find; once it registers again it is served.
+// For TCP and UDP, IPv4 and IPv6.
 func TestServiceRestart(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
-	e.listen("decoy", "tcp", "0.0.0.0:80", false)
-	s1 := e.listen("v1", "tcp", "127.0.0.1:0", false)
-	e.register("svc", s1, RegisterOptions{})
-	e.bind("svc", "tcp", "198.18.1.0/24", "80")
-	e.expect("tcp", "198.18.1.1:80", "v1")
+	for _, fam := range families {
+		for _, proto := range []string{"tcp", "udp"} {
+			t.Run(proto+fam.name, func(t *testing.T) {
+				t.Parallel()
+				e := newEnv(t)
+				wildcard := "0.0.0.0:80"
+				if fam.name == "6" {
+					wildcard = "[::]:80"
+				}
+				e.listen("decoy", proto, wildcard, false)
+				s1 := e.listen("v1", proto, loopback(fam.name), false)
+				e.register("svc", s1, RegisterOptions{})
+				e.bind("svc", proto, fam.prefix, "80")
+				dst := addr(fam.inPfx[0], 80)
+				e.expect(proto, dst, "v1")
 
-	s1.Close()
-	// The kernel drops a closed socket from the socket map by itself.
-	for range 3 {
-		e.expect("tcp", "198.18.1.1:80", "")
-	}
-	if c := e.counters("svc"); c.Misses < 3 {
-		t.Errorf("counters %+v: want 3 misses while the service was down", c)
-	}
+				s1.Close()
+				// The kernel drops a closed socket from the socket map by
+				// itself.
+				for range 3 {
+					e.expect(proto, dst, "")
+				}
+				if c := e.counters("svc"); c.Misses < 3 {
+					t.Errorf("counters %+v: want 3 misses while the service was down", c)
+				}
 
-	s2 := e.listen("v2", "tcp", "127.0.0.1:0", false)
-	e.register("svc", s2, RegisterOptions{})
-	e.expect("tcp", "198.18.1.1:80", "v2")
+				s2 := e.listen("v2", proto, loopback(fam.name), false)
+				e.register("svc", s2, RegisterOptions{})
+				e.expect(proto, dst, "v2")
+			})
+		}
+	}
 }
 
 // connectLoop dials dsts round robin from inside the namespace until stop
