@@ -25,6 +25,7 @@ const (
 	Audit   Mode = 1
 )
 
+// String returns "enforce" or "audit".
 func (m Mode) String() string {
 	if m == Audit {
 		return "audit"

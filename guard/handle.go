@@ -299,6 +299,7 @@ var reasonNames = [...]string{
 	"icmp-unrelated", "fragment", "non-ip", "malformed", "control", "local",
 }
 
+// String returns the reason as stats and events name it ("new-denied").
 func (r Reason) String() string {
 	if int(r) < len(reasonNames) {
 		return reasonNames[r]

@@ -482,6 +482,22 @@ func TestICMP(t *testing.T) {
 	f.expect("packet too big quoting a local connection", ptb(quote6(a6.Port(), s6)), tcPass, ReasonICMPRelated)
 	f.expect("packet too big quoting nothing local", ptb(quote6(a6.Port()+1, s6)), tcDrop, ReasonICMPUnrelated)
 
+	// A UDP socket's datagram came back as port unreachable.
+	var u *net.UDPConn
+	f.do(func() error {
+		var err error
+		u, err = net.DialUDP("udp4", &net.UDPAddr{IP: local4.AsSlice()}, &net.UDPAddr{IP: peer4.AsSlice(), Port: 53})
+		return err
+	})
+	defer u.Close()
+	quoteUDP := func(sport uint16) []byte {
+		return ipv4(local4, peer4, protoUDP, udpHdr(sport, 53, 0), ipv4Opts{})
+	}
+	f.expect("port unreachable quoting a local UDP socket",
+		frame(peer4, local4, protoICMP, icmpHdr(3, 3, quoteUDP(port(u.LocalAddr())))), tcPass, ReasonICMPRelated)
+	f.expect("port unreachable quoting a UDP port nobody has",
+		frame(peer4, local4, protoICMP, icmpHdr(3, 3, quoteUDP(port(u.LocalAddr())+1))), tcDrop, ReasonICMPUnrelated)
+
 	f.expect("echo request from an allowed peer", frame(peer4, local4, protoICMP, icmpHdr(8, 0, nil)), tcPass, ReasonNewAllowed)
 	f.expect("echo request from another peer", frame(other4, local4, protoICMP, icmpHdr(8, 0, nil)), tcDrop, ReasonNewDenied)
 	f.expect("IPv6 echo request, no rule", frame6(peer6, local6, protoICMPv6, icmpHdr(128, 0, nil)), tcDrop, ReasonNewDenied)

@@ -28,6 +28,7 @@ const (
 	Deny  Action = 2
 )
 
+// String returns "allow" or "deny".
 func (a Action) String() string {
 	switch a {
 	case Allow:
@@ -49,6 +50,7 @@ const (
 	Egress  Direction = 1
 )
 
+// String returns "ingress" or "egress".
 func (d Direction) String() string {
 	if d == Egress {
 		return "egress"
@@ -67,6 +69,7 @@ const (
 	ICMP Proto = 2
 )
 
+// String returns "tcp", "udp" or "icmp".
 func (p Proto) String() string {
 	switch p {
 	case TCP:
