@@ -44,6 +44,9 @@ beats an unscoped one; among ranges, the narrower, then the lower first port.
 A lookup that matches no binding passes: the kernel's own socket lookup and
 other sk_lookup programs go on. A binding whose label has no socket refuses
 the connection (counted as a miss); it never falls through to another socket.
+(With several sk_lookup programs in a namespace the kernel lets any
+program's chosen socket win over another's refusal, so a socket picked by a
+program attached earlier still gets the connection.)
 
 Everything is pinned under /sys/fs/bpf/sockgate/<netns inode>/dispatch, so it
 keeps working without a daemon. Sockets come from systemd socket activation
