@@ -40,8 +40,10 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
+	"github.com/sockgate/sockgate/internal/bpfdata"
 )
 
 // Options tune a verification.
@@ -244,6 +246,12 @@ type CollectionReport struct {
 func VerifyCollection(coll *ebpf.CollectionSpec, typ ebpf.ProgramType) (*CollectionReport, error) {
 	if coll == nil {
 		return nil, errors.New("verify: nil collection spec")
+	}
+	// Constants in .rodata are what the loader set, not the defaults
+	// compiled into the object.
+	coll, err := bpfdata.Resolve(coll)
+	if err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
 	}
 	names := make([]string, 0, len(coll.Programs))
 	for name := range coll.Programs {

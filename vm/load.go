@@ -7,6 +7,8 @@ import (
 	"sort"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/sockgate/sockgate/internal/bpfdata"
 )
 
 // LoadCollection builds an engine from a collection spec (as returned by
@@ -18,6 +20,12 @@ import (
 func LoadCollection(spec *ebpf.CollectionSpec, opts Options) (*Engine, error) {
 	if spec == nil {
 		return nil, fmt.Errorf("load collection: nil spec")
+	}
+	// Global data starts as the kernel loader would write it: with the
+	// values of variables set through VariableSpec.Set applied.
+	spec, err := bpfdata.Resolve(spec)
+	if err != nil {
+		return nil, fmt.Errorf("load collection: %w", err)
 	}
 	e := New(opts)
 	mapNames := make([]string, 0, len(spec.Maps))
