@@ -178,6 +178,25 @@ struct {
 	__type(value, struct fw_port);
 } fw_ports SEC(".maps");
 
+/*
+ * IPv4 prefilter for the address prefixes of group 0: one bit per /24 and
+ * direction, set when some prefix rule covers part of that /24. Most
+ * packets that match no prefix are turned away by this one inlined array
+ * lookup instead of an LPM trie walk, which costs ten times more. Word
+ * (dir << FW_V4FILTER_DIR_SHIFT | addr >> 14), bit (addr >> 8) & 63. A
+ * generation without IPv4 prefixes sizes it to one entry; a missing word
+ * means "can't tell", and the trie decides.
+ */
+#define FW_V4FILTER_DIR_SHIFT	18
+#define FW_V4FILTER_WORDS	(2 << FW_V4FILTER_DIR_SHIFT)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FW_V4FILTER_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} fw_v4filter SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -229,6 +248,14 @@ static __always_inline int match_addr(const struct packet *pkt, __u32 group,
 			*rule = m->rule;
 			return 1;
 		}
+	}
+	if ((kinds & prefix_kind) && group == 0 && pkt->family == PKT_AF_INET) {
+		__u32 a = bpf_ntohl(*(__u32 *)addr);
+		__u32 word = (__u32)dir << FW_V4FILTER_DIR_SHIFT | a >> 14;
+		__u64 *bits = bpf_map_lookup_elem(&fw_v4filter, &word);
+
+		if (bits && !(*bits & (1ULL << ((a >> 8) & 63))))
+			return 0;	/* no prefix covers this /24 */
 	}
 	if (kinds & prefix_kind) {
 		struct fw_prefix_key key = {

@@ -37,6 +37,36 @@ type generation struct {
 	exact   map[firewallFwExactKey]firewallFwMatch
 	prefix  map[firewallFwPrefixKey]firewallFwMatch
 	ports   map[uint32]firewallFwPort
+	// v4filter holds the non-zero words of fw_v4filter.
+	v4filter map[uint32]uint64
+}
+
+// The IPv4 prefilter's layout (FW_V4FILTER_* in bpf/firewall.c): one bit
+// per /24, one half of the words per direction.
+const (
+	v4FilterDirShift = 18
+	v4FilterWords    = 2 << v4FilterDirShift
+)
+
+// markV4Filter sets the prefilter bits of every /24 that prefix p (IPv4,
+// group 0) covers or reaches into.
+func (g *generation) markV4Filter(dir uint8, p netip.Prefix) {
+	a4 := p.Addr().As4()
+	first := uint32(a4[0])<<16 | uint32(a4[1])<<8 | uint32(a4[2]) // index of the /24
+	count := uint32(1)
+	if p.Bits() < 24 {
+		count = 1 << (24 - p.Bits())
+	}
+	base := uint32(dir) << v4FilterDirShift
+	for s := first; s < first+count; {
+		if s%64 == 0 && first+count-s >= 64 {
+			g.v4filter[base|s>>6] = ^uint64(0)
+			s += 64
+			continue
+		}
+		g.v4filter[base|s>>6] |= 1 << (s % 64)
+		s++
+	}
 }
 
 // clock converts rule expiry times to the program's clock
@@ -86,6 +116,8 @@ func compile(rules []Rule, clk clock) (*generation, error) {
 		exact:  make(map[firewallFwExactKey]firewallFwMatch),
 		prefix: make(map[firewallFwPrefixKey]firewallFwMatch),
 		ports:  make(map[uint32]firewallFwPort),
+
+		v4filter: make(map[uint32]uint64),
 	}
 	for _, r := range rules {
 		if !r.Expired(clk.wall) {
@@ -220,6 +252,9 @@ func (g *generation) addAddr(group uint32, dir uint8, prefix netip.Prefix, id ui
 			return kindSrcExact
 		}
 		return kindDstExact
+	}
+	if group == 0 && prefix.Addr().Is4() {
+		g.markV4Filter(dir, prefix)
 	}
 	key := firewallFwPrefixKey{Prefixlen: 64 + uint32(prefix.Bits()), Group: group, Dir: dir, Family: family, Addr: addr}
 	if old, ok := g.prefix[key]; !ok || outlives(expires, old.Expires) {

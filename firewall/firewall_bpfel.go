@@ -103,6 +103,7 @@ const (
 	firewallMapFwPrefix          = "fw_prefix"
 	firewallMapFwRules           = "fw_rules"
 	firewallMapFwSettings        = "fw_settings"
+	firewallMapFwV4filter        = "fw_v4filter"
 	firewallProgSockgateFirewall = "sockgate_firewall"
 	firewallVarFwPresent         = "fw_present"
 )
@@ -165,6 +166,7 @@ type firewallMapSpecs struct {
 	FwPrefix     *ebpf.MapSpec `ebpf:"fw_prefix"`
 	FwRules      *ebpf.MapSpec `ebpf:"fw_rules"`
 	FwSettings   *ebpf.MapSpec `ebpf:"fw_settings"`
+	FwV4filter   *ebpf.MapSpec `ebpf:"fw_v4filter"`
 }
 
 // firewallVariableSpecs contains global variables before they are loaded into the kernel.
@@ -203,6 +205,7 @@ type firewallMaps struct {
 	FwPrefix     *ebpf.Map `ebpf:"fw_prefix"`
 	FwRules      *ebpf.Map `ebpf:"fw_rules"`
 	FwSettings   *ebpf.Map `ebpf:"fw_settings"`
+	FwV4filter   *ebpf.Map `ebpf:"fw_v4filter"`
 }
 
 func (m *firewallMaps) Close() error {
@@ -216,6 +219,7 @@ func (m *firewallMaps) Close() error {
 		m.FwPrefix,
 		m.FwRules,
 		m.FwSettings,
+		m.FwV4filter,
 	)
 }
 

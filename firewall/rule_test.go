@@ -209,3 +209,44 @@ func TestCompileRefusesOversizedRuleSets(t *testing.T) {
 		t.Errorf("compile of 3 exact rules with a limit of 2: %v", err)
 	}
 }
+
+func TestV4FilterMarksCoveredSlash24s(t *testing.T) {
+	popcount := func(g *generation) int {
+		n := 0
+		for _, w := range g.v4filter {
+			for ; w != 0; w &= w - 1 {
+				n++
+			}
+		}
+		return n
+	}
+	for _, tc := range []struct {
+		prefix string
+		bits   int
+	}{
+		{"198.18.1.0/30", 1},
+		{"198.18.1.0/24", 1},
+		{"198.18.2.0/23", 2},
+		{"198.18.0.0/16", 256},
+		{"10.0.0.0/8", 1 << 16},
+		{"0.0.0.0/0", 1 << 24},
+	} {
+		g, err := compile([]Rule{{Src: pfx(tc.prefix)}}, clockNow())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := popcount(g); got != tc.bits {
+			t.Errorf("%s sets %d prefilter bits, want %d", tc.prefix, got, tc.bits)
+		}
+		for w := range g.v4filter {
+			if w>>v4FilterDirShift != uint32(dirSrc) {
+				t.Errorf("%s: a source rule set a word in the destination half", tc.prefix)
+			}
+		}
+	}
+	g, _ := compile([]Rule{{Dst: pfx("198.18.5.0/24")}, {Src: pfx("fd00::/8")}, {Src: pfx("198.18.5.5/32")}}, clockNow())
+	word := uint32(dirDst)<<v4FilterDirShift | (198<<16|18<<8|5)>>6
+	if len(g.v4filter) != 1 || g.v4filter[word] != 1<<((198<<16|18<<8|5)%64) {
+		t.Errorf("a destination /24 with an IPv6 prefix and an exact address beside it: filter %v", g.v4filter)
+	}
+}
