@@ -14,6 +14,7 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/sockgate/sockgate/internal/bpffs"
+	"github.com/sockgate/sockgate/internal/bpfload"
 )
 
 // ErrNotLoaded is returned when no dispatcher is loaded in the namespace.
@@ -89,7 +90,7 @@ func Load() (*Dispatcher, error) {
 		return nil, fmt.Errorf("load BPF object: %w", err)
 	}
 	var objs dispatcherObjects
-	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+	if err := bpfload.Assign(spec, &objs, nil); err != nil {
 		return nil, fmt.Errorf("load dispatcher program: %w", err)
 	}
 	defer objs.Close()

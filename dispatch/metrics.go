@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sockgate/sockgate/internal/bpffs"
+	"github.com/sockgate/sockgate/internal/bpfload"
 )
 
 // ErrorNames names the buckets of bpf_sk_assign failures, in the order of
@@ -153,7 +154,7 @@ func (d *Dispatcher) upgrade(spec *ebpf.CollectionSpec) (Status, error) {
 			}
 		}
 		var objs dispatcherObjects
-		err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: repl})
+		err := bpfload.Assign(spec, &objs, &ebpf.CollectionOptions{MapReplacements: repl})
 		if err != nil {
 			if errors.Is(err, ebpf.ErrMapIncompatible) {
 				return fmt.Errorf("upgrade refused: %w", err)

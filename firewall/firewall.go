@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sockgate/sockgate/internal/bpffs"
+	"github.com/sockgate/sockgate/internal/bpfload"
 )
 
 // XDPMode is how the program is attached to an interface.
@@ -291,12 +292,8 @@ func buildGeneration(parent string, n int, shared map[string]*ebpf.Map, rules []
 	if err != nil {
 		return nil, err
 	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: shared})
+	coll, err := bpfload.Collection(spec, ebpf.CollectionOptions{MapReplacements: shared})
 	if err != nil {
-		var verr *ebpf.VerifierError
-		if errors.As(err, &verr) {
-			return nil, fmt.Errorf("kernel verifier rejected the firewall program: %+v", verr)
-		}
 		return nil, fmt.Errorf("load firewall program: %w", err)
 	}
 	objs := &generationObjects{prog: coll.Programs["sockgate_firewall"], maps: map[string]*ebpf.Map{}}

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sockgate/sockgate/internal/bpffs"
+	"github.com/sockgate/sockgate/internal/bpfload"
 )
 
 // Mode says whether the guard drops (Enforce) or only reports what it
@@ -419,11 +420,11 @@ func netnsID(path string) (uint64, error) {
 // newObjects loads the guard's programs and fresh maps into the kernel.
 func newObjects() (*guardObjects, error) {
 	var objs guardObjects
-	if err := loadGuardObjects(&objs, nil); err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("load guard program: %+v", ve)
-		}
+	spec, err := loadGuard()
+	if err != nil {
+		return nil, err
+	}
+	if err := bpfload.Assign(spec, &objs, nil); err != nil {
 		return nil, fmt.Errorf("load guard program: %w", err)
 	}
 	return &objs, nil

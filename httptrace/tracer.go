@@ -22,6 +22,8 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/sockgate/sockgate/internal/bpfload"
 	"golang.org/x/sys/unix"
 )
 
@@ -159,11 +161,7 @@ func loadFilter(port uint16, lim limits, maxSessions int) (httptraceObjects, err
 		return objs, fmt.Errorf("set session limit: %w", err)
 	}
 	spec.Maps["ht_sessions"].MaxEntries = uint32(maxSessions)
-	if err := spec.LoadAndAssign(&objs, nil); err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return objs, fmt.Errorf("load filter: %+v", ve)
-		}
+	if err := bpfload.Assign(spec, &objs, nil); err != nil {
 		return objs, fmt.Errorf("load filter: %w", err)
 	}
 	return objs, nil

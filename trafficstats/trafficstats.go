@@ -21,7 +21,9 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+
 	"github.com/cilium/ebpf/link"
+	"github.com/sockgate/sockgate/internal/bpfload"
 	"golang.org/x/sys/unix"
 )
 
@@ -109,11 +111,11 @@ func Attach(opts Options) (*Counter, error) {
 		return nil, fmt.Errorf("interface %s: %w (is it in this network namespace? use --netns)", opts.Interface, err)
 	}
 	c := &Counter{opts: opts}
-	if err := loadStatsObjects(&c.objs, nil); err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("load counters: %+v", ve)
-		}
+	spec, err := loadStats()
+	if err != nil {
+		return nil, err
+	}
+	if err := bpfload.Assign(spec, &c.objs, nil); err != nil {
 		return nil, fmt.Errorf("load counters: %w", err)
 	}
 	switch opts.Hook {
