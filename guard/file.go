@@ -1,11 +1,9 @@
 package guard
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 
-	"sigs.k8s.io/yaml"
+	"github.com/sockgate/sockgate/internal/netspec"
 )
 
 // File is a guard policy file (guard.yaml):
@@ -41,40 +39,16 @@ type FileRule struct {
 
 // PortSpec is a port or range as written in a file: 22, "22" or
 // "8000-8080".
-type PortSpec string
-
-// UnmarshalJSON accepts a number or a string.
-func (p *PortSpec) UnmarshalJSON(b []byte) error {
-	var s string
-	if err := json.Unmarshal(b, &s); err == nil {
-		*p = PortSpec(s)
-		return nil
-	}
-	var n json.Number
-	if err := json.Unmarshal(b, &n); err != nil {
-		return fmt.Errorf("a port must be a number or a string such as \"8000-8080\", not %s", b)
-	}
-	*p = PortSpec(n.String())
-	return nil
-}
+type PortSpec = netspec.PortSpec
 
 // ParseFile validates a policy file completely and returns its rules. An
 // empty rules list is valid (it denies every new connection) but a file
 // without a rules key is refused, since it is more likely a mistake.
 func ParseFile(data []byte) ([]Rule, error) {
-	js, err := yaml.YAMLToJSON(data)
-	if err != nil {
-		return nil, fmt.Errorf("not valid YAML: %w", err)
-	}
-	if bytes.Equal(bytes.TrimSpace(js), []byte("null")) {
-		return nil, fmt.Errorf("the file is empty; write `rules: []` to deny every new connection")
-	}
-	dec := json.NewDecoder(bytes.NewReader(js))
-	dec.DisallowUnknownFields()
 	var f struct {
 		Rules *[]FileRule `json:"rules"`
 	}
-	if err := dec.Decode(&f); err != nil {
+	if err := netspec.DecodeFile(data, &f, "write `rules: []` to deny every new connection"); err != nil {
 		return nil, fmt.Errorf("%w (a policy file has one key, rules, a list of {allow|deny: CIDR, proto, port, egress})", err)
 	}
 	if f.Rules == nil {

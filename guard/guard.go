@@ -3,6 +3,7 @@ package guard
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -181,6 +182,18 @@ func Load(dir, ifname string, opts Options) error {
 		bpffs.RemoveAll(tmp)
 	}()
 
+	// Handles to the links this load creates. They are closed when Load
+	// returns, on success too: the pins keep the links (and so the
+	// programs) attached. A caller that outlives Load (a test, an agent)
+	// would otherwise hold the links open, and unload could not detach
+	// them.
+	var links []io.Closer
+	defer func() {
+		for _, l := range links {
+			l.Close()
+		}
+	}()
+
 	objs, err := newObjects()
 	if err != nil {
 		return err
@@ -269,20 +282,20 @@ func Load(dir, ifname string, opts Options) error {
 		if err != nil {
 			return fmt.Errorf("attach XDP to %s: %w (an interface holds one XDP program: is another one attached? `ip link show %s`)", ifname, err, ifname)
 		}
-		cleanup = append(cleanup, func() { lk.Close() })
+		links = append(links, lk)
 		if err := pinObject(lk.Pin, tmp, pinLinkXDP); err != nil {
 			return err
 		}
 		attach |= attachXDP
 	default:
-		bits, err := attachTC(tmp, ifindex, objs.SockgateGuardIngress, ebpf.AttachTCXIngress, pinLinkIngress, pinProgIngress, opts.legacyTC, &cleanup)
+		bits, err := attachTC(tmp, ifindex, objs.SockgateGuardIngress, ebpf.AttachTCXIngress, pinLinkIngress, pinProgIngress, opts.legacyTC, &cleanup, &links)
 		if err != nil {
 			return fmt.Errorf("attach to TC ingress of %s: %w", ifname, err)
 		}
 		attach |= bits
 	}
 	if opts.Egress {
-		bits, err := attachTC(tmp, ifindex, objs.SockgateGuardEgress, ebpf.AttachTCXEgress, pinLinkEgress, pinProgEgress, opts.legacyTC, &cleanup)
+		bits, err := attachTC(tmp, ifindex, objs.SockgateGuardEgress, ebpf.AttachTCXEgress, pinLinkEgress, pinProgEgress, opts.legacyTC, &cleanup, &links)
 		if err != nil {
 			return fmt.Errorf("attach to TC egress of %s: %w", ifname, err)
 		}
@@ -305,11 +318,11 @@ func Load(dir, ifname string, opts Options) error {
 // attachTC attaches prog on one TC direction through tcx, or through a
 // clsact qdisc and a direct-action filter where tcx is missing (or legacy
 // is forced), and pins what keeps it there.
-func attachTC(tmp string, ifindex int, prog *ebpf.Program, at ebpf.AttachType, linkPin, progPin string, legacy bool, cleanup *[]func()) (uint32, error) {
+func attachTC(tmp string, ifindex int, prog *ebpf.Program, at ebpf.AttachType, linkPin, progPin string, legacy bool, cleanup *[]func(), links *[]io.Closer) (uint32, error) {
 	if !legacy {
 		lk, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: at})
 		if err == nil {
-			*cleanup = append(*cleanup, func() { lk.Close() })
+			*links = append(*links, lk)
 			if err := pinObject(lk.Pin, tmp, linkPin); err != nil {
 				return 0, err
 			}

@@ -17,6 +17,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/sockgate/sockgate/internal/netspec"
 )
 
 // Action is what a rule does with the new connections it matches.
@@ -141,73 +143,15 @@ func NewRule(action Action, dir Direction, remote, proto, ports string) (Rule, e
 }
 
 // ParsePrefix parses a CIDR or a single address (which becomes a /32 or
-// /128) and rejects prefixes with host bits set, which usually mean a typo.
+// /128), strictly: see netspec.ParsePrefix.
 func ParsePrefix(s string) (netip.Prefix, error) {
-	if s == "" {
-		return netip.Prefix{}, fmt.Errorf("missing address: give a CIDR such as 198.18.0.0/15 or ::/0")
-	}
-	if !strings.Contains(s, "/") {
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			return netip.Prefix{}, fmt.Errorf("%s: not an IP address or CIDR", s)
-		}
-		if a.Zone() != "" {
-			return netip.Prefix{}, fmt.Errorf("%s: zones are not allowed", s)
-		}
-		a = a.Unmap()
-		return netip.PrefixFrom(a, a.BitLen()), nil
-	}
-	addr, bits, _ := strings.Cut(s, "/")
-	a, err := netip.ParseAddr(addr)
-	if err != nil || a.Zone() != "" {
-		return netip.Prefix{}, fmt.Errorf("%s: %q is not an IP address", s, addr)
-	}
-	n, err := strconv.Atoi(bits)
-	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("%s: prefix length %q is not a number", s, bits)
-	}
-	if a.Is4In6() {
-		return netip.Prefix{}, fmt.Errorf("%s: write IPv4-mapped prefixes as IPv4", s)
-	}
-	if n < 0 || n > a.BitLen() {
-		fam := "IPv4 (0-32)"
-		if a.Is6() {
-			fam = "IPv6 (0-128)"
-		}
-		return netip.Prefix{}, fmt.Errorf("%s: prefix length %d is out of range for %s", s, n, fam)
-	}
-	p := netip.PrefixFrom(a, n)
-	if p.Masked() != p {
-		return netip.Prefix{}, fmt.Errorf("%s: host bits are set; did you mean %s?", s, p.Masked())
-	}
-	return p, nil
+	return netspec.ParsePrefix(s)
 }
 
 // ParsePorts parses "P" or "P-Q" with 1 <= P <= Q <= 65535.
 func ParsePorts(s string) (lo, hi uint16, err error) {
-	a, b, isRange := strings.Cut(s, "-")
-	l, err := parsePort(s, a)
-	if err != nil {
-		return 0, 0, err
-	}
-	h := l
-	if isRange {
-		if h, err = parsePort(s, b); err != nil {
-			return 0, 0, err
-		}
-	}
-	if l > h {
-		return 0, 0, fmt.Errorf("port range %s: start is above end", s)
-	}
-	return l, h, nil
-}
-
-func parsePort(whole, s string) (uint16, error) {
-	n, err := strconv.ParseUint(strings.TrimSpace(s), 10, 32)
-	if err != nil || n == 0 || n > 65535 {
-		return 0, fmt.Errorf("port %q: ports are numbers from 1 to 65535", whole)
-	}
-	return uint16(n), nil
+	r, err := netspec.ParsePortRange(s)
+	return r.First, r.Last, err
 }
 
 // String renders the rule as the CLI takes it.
