@@ -31,6 +31,8 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/sockgate/sockgate/internal/netspec"
 )
 
 // Protocol is a transport protocol a binding applies to.
@@ -125,32 +127,11 @@ func ParsePorts(s string) (Ports, error) {
 	if s == "all" || s == "*" {
 		return AllPorts, nil
 	}
-	parse := func(x string) (uint16, error) {
-		n, err := strconv.ParseUint(x, 10, 16)
-		if err != nil || n == 0 {
-			return 0, fmt.Errorf("port %q: must be a number from 1 to 65535, a range P-Q, or all", s)
-		}
-		return uint16(n), nil
-	}
-	if lo, hi, ok := strings.Cut(s, "-"); ok {
-		l, err := parse(lo)
-		if err != nil {
-			return Ports{}, err
-		}
-		h, err := parse(hi)
-		if err != nil {
-			return Ports{}, err
-		}
-		if l > h {
-			return Ports{}, fmt.Errorf("port range %q: first port is above the last", s)
-		}
-		return Ports{l, h}, nil
-	}
-	n, err := parse(s)
+	r, err := netspec.ParsePortRange(s)
 	if err != nil {
-		return Ports{}, err
+		return Ports{}, fmt.Errorf("%w; or write all for every port", err)
 	}
-	return Ports{n, n}, nil
+	return Ports{r.First, r.Last}, nil
 }
 
 // MaxLabelLen is the longest label in bytes.
@@ -177,42 +158,11 @@ func ValidateLabel(label string) error {
 }
 
 // ParsePrefix parses an address ("198.18.0.1", taken as /32 or /128) or a
-// prefix in CIDR notation. It rejects host bits, zones, and IPv4-mapped
-// IPv6 prefixes (::ffff:a.b.c.d), which would shadow IPv4 bindings under
-// another name: write the IPv4 form instead.
+// prefix in CIDR notation, strictly (see netspec.ParsePrefix): host bits,
+// zones and IPv4-mapped IPv6 prefixes, which would shadow IPv4 bindings
+// under another name, are refused.
 func ParsePrefix(s string) (netip.Prefix, error) {
-	var p netip.Prefix
-	if strings.Contains(s, "/") {
-		var err error
-		p, err = netip.ParsePrefix(s)
-		if err != nil {
-			return netip.Prefix{}, fmt.Errorf("prefix %q: %v", s, err)
-		}
-	} else {
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			return netip.Prefix{}, fmt.Errorf("prefix %q: not an address or a CIDR prefix", s)
-		}
-		if a.Zone() != "" {
-			return netip.Prefix{}, fmt.Errorf("prefix %q: zones are not supported; scope the binding with --iface instead", s)
-		}
-		p = netip.PrefixFrom(a, a.BitLen())
-	}
-	if p.Addr().Is4In6() {
-		return netip.Prefix{}, fmt.Errorf("prefix %q: IPv4-mapped IPv6 prefixes are not allowed; write the IPv4 form (%s)", s, v4Form(p))
-	}
-	if p.Masked() != p {
-		return netip.Prefix{}, fmt.Errorf("prefix %q: host bits are set; did you mean %s?", s, p.Masked())
-	}
-	return p, nil
-}
-
-func v4Form(p netip.Prefix) string {
-	bits := p.Bits() - 96
-	if bits < 0 {
-		bits = 0
-	}
-	return netip.PrefixFrom(p.Addr().Unmap(), bits).Masked().String()
+	return netspec.ParsePrefix(s)
 }
 
 // Binding steers connections of one protocol to a prefix and ports to the

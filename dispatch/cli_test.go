@@ -66,7 +66,7 @@ func TestCLI(t *testing.T) {
 		{[]string{"bind", "", "tcp", "198.18.2.0/24", "80"}, "label is empty"},
 		{[]string{"bind", strings.Repeat("x", 256), "tcp", "198.18.2.0/24", "80"}, "the limit is 255"},
 		{[]string{"bind", "web", "sctp", "198.18.2.0/24", "80"}, "must be tcp or udp"},
-		{[]string{"bind", "web", "tcp", "198.18.2.0/24", "0"}, "1 to 65535"},
+		{[]string{"bind", "web", "tcp", "198.18.2.0/24", "0"}, "out of range (1-65535)"},
 		{[]string{"register-pid", "999999999", "web"}, "no such process"},
 		{[]string{"register", "web"}, "LISTEN_PID"},
 		{[]string{"unbind", "other", "tcp", "198.18.1.0/24", "80"}, "bound to label \"web\""},

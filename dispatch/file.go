@@ -1,9 +1,10 @@
 package dispatch
 
 import (
+	"errors"
 	"fmt"
 
-	"sigs.k8s.io/yaml"
+	"github.com/sockgate/sockgate/internal/netspec"
 )
 
 // bindingsFile is the format of `sockgate dispatch apply -f`:
@@ -13,28 +14,31 @@ import (
 //	  - {label: proxy, protocol: tcp, prefix: 198.18.3.1, ports: all, no-reuseport: true}
 //	  - {label: game, protocol: udp, prefix: "fd00:5067::/64", ports: 27000-27100, iface: eth1}
 type bindingsFile struct {
-	Bindings []fileBinding `json:"bindings"`
+	Bindings *[]fileBinding `json:"bindings"`
 }
 
 type fileBinding struct {
-	Label       string `json:"label"`
-	Protocol    string `json:"protocol"`
-	Prefix      string `json:"prefix"`
-	Ports       string `json:"ports"`
-	Iface       string `json:"iface,omitempty"`
-	NoReuseport bool   `json:"no-reuseport,omitempty"`
-	Replace     bool   `json:"replace,omitempty"`
+	Label       string           `json:"label"`
+	Protocol    string           `json:"protocol"`
+	Prefix      string           `json:"prefix"`
+	Ports       netspec.PortSpec `json:"ports"`
+	Iface       string           `json:"iface,omitempty"`
+	NoReuseport bool             `json:"no-reuseport,omitempty"`
+	Replace     bool             `json:"replace,omitempty"`
 }
 
 // ParseBindingsFile parses and validates a bindings file (YAML or JSON).
 // Unknown fields are errors, so a typo can't silently drop an option.
 func ParseBindingsFile(data []byte) ([]Binding, error) {
 	var f bindingsFile
-	if err := yaml.UnmarshalStrict(data, &f); err != nil {
+	if err := netspec.DecodeFile(data, &f, "write `bindings: []` to remove every binding"); err != nil {
 		return nil, err
 	}
-	out := make([]Binding, 0, len(f.Bindings))
-	for i, fb := range f.Bindings {
+	if f.Bindings == nil {
+		return nil, errors.New("no bindings key; write `bindings: []` to remove every binding")
+	}
+	out := make([]Binding, 0, len(*f.Bindings))
+	for i, fb := range *f.Bindings {
 		proto, err := ParseProtocol(fb.Protocol)
 		if err != nil {
 			return nil, fmt.Errorf("bindings[%d]: %w", i, err)
@@ -43,7 +47,7 @@ func ParseBindingsFile(data []byte) ([]Binding, error) {
 		if err != nil {
 			return nil, fmt.Errorf("bindings[%d]: %w", i, err)
 		}
-		ports, err := ParsePorts(fb.Ports)
+		ports, err := ParsePorts(string(fb.Ports))
 		if err != nil {
 			return nil, fmt.Errorf("bindings[%d]: %w", i, err)
 		}

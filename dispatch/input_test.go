@@ -12,36 +12,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func TestParsePrefix(t *testing.T) {
-	for _, tc := range []struct {
-		in, want, err string
-	}{
-		{"198.18.0.1", "198.18.0.1/32", ""},
-		{"198.18.0.0/24", "198.18.0.0/24", ""},
-		{"0.0.0.0/0", "0.0.0.0/0", ""},
-		{"fd00:5067::/48", "fd00:5067::/48", ""},
-		{"fd00:5067::1", "fd00:5067::1/128", ""},
-		{"198.18.0.1/24", "", "host bits are set; did you mean 198.18.0.0/24"},
-		{"::ffff:198.18.0.0/120", "", "IPv4-mapped"},
-		{"::ffff:198.18.0.1", "", "write the IPv4 form (198.18.0.1/32)"},
-		{"198.18.0.0/33", "", "prefix"},
-		{"fe80::1%eth0", "", "zones are not supported"},
-		{"", "", "not an address"},
-		{"nonsense", "", "not an address"},
-	} {
-		got, err := ParsePrefix(tc.in)
-		if tc.err != "" {
-			if err == nil || !strings.Contains(err.Error(), tc.err) {
-				t.Errorf("ParsePrefix(%q) = %v, %v; want error containing %q", tc.in, got, err, tc.err)
-			}
-			continue
-		}
-		if err != nil || got.String() != tc.want {
-			t.Errorf("ParsePrefix(%q) = %v, %v; want %s", tc.in, got, err, tc.want)
-		}
-	}
-}
-
 func TestParsePorts(t *testing.T) {
 	for _, tc := range []struct {
 		in   string
@@ -314,12 +284,19 @@ func TestParseBindingsFile(t *testing.T) {
 	if bs, err := ParseBindingsFile([]byte("bindings: []\n")); err != nil || len(bs) != 0 {
 		t.Errorf("empty list: %v, %v", bs, err)
 	}
+	if bs, err := ParseBindingsFile([]byte("bindings:\n  - {label: dns, protocol: udp, prefix: 198.18.4.0/24, ports: 53}\n")); err != nil || bs[0].Ports != (Ports{53, 53}) {
+		t.Errorf("a port written as a YAML number: %+v, %v", bs, err)
+	}
 	for _, bad := range []struct{ in, err string }{
 		{"bindings:\n  - {label: a, protocl: udp, prefix: 198.18.4.0/24, ports: \"53\"}\n", "protocl"},
 		{"bindings:\n  - {label: a, protocol: udp, prefix: 198.18.4.1/24, ports: \"53\"}\n", "host bits"},
 		{"bindings:\n  - {label: a, protocol: udp, prefix: 198.18.4.0/24, ports: \"53\"}\n  - {label: b, protocol: udp, prefix: 198.18.4.0/24, ports: \"53\"}\n", "duplicate"},
 		{"bindings:\n  - {label: '', protocol: udp, prefix: 198.18.4.0/24, ports: \"53\"}\n", "label is empty"},
 		{"bindings: {}\n", ""},
+		// An empty file is a mistake, not a request to unbind everything.
+		{"", "the file is empty; write `bindings: []`"},
+		{"other: 1\n", "unknown field"},
+		{"bindings:\n", "no bindings key"},
 		{"[", ""},
 	} {
 		if _, err := ParseBindingsFile([]byte(bad.in)); err == nil || !strings.Contains(err.Error(), bad.err) {
