@@ -36,6 +36,7 @@ func builtinHelpers() map[int32]helperFn {
 		asm.FnXdpAdjustMeta:       hXDPAdjustMeta,
 		asm.FnXdpAdjustTail:       hXDPAdjustTail,
 		asm.FnSkbLoadBytes:        hSkbLoadBytes,
+		asm.FnSkbPullData:         hSkbPullData,
 		asm.FnSkbStoreBytes:       hSkbStoreBytes,
 		asm.FnL3CsumReplace:       hL3Csum,
 		asm.FnL4CsumReplace:       hL4Csum,
@@ -438,6 +439,21 @@ func hSkbLoadBytes(m *machine, a1, a2, a3, a4, _ uint64) (uint64, error) {
 		return negErrno(unix.EFAULT), nil
 	}
 	copy(dst, p.buf[p.data+int(off):])
+	return 0, nil
+}
+
+// hSkbPullData is bpf_skb_pull_data. The vm's packets are always linear,
+// so there is nothing to pull; like the kernel (skb_ensure_writable) it
+// fails with ENOMEM when len is past the end of the packet, and len 0
+// means the whole packet.
+func hSkbPullData(m *machine, a1, a2, _, _, _ uint64) (uint64, error) {
+	p, err := m.skbPacket(a1)
+	if err != nil {
+		return 0, err
+	}
+	if uint32(a2) > uint32(p.end-p.data) {
+		return negErrno(unix.ENOMEM), nil
+	}
 	return 0, nil
 }
 

@@ -11,7 +11,7 @@ import (
 // vm, with empty maps: verdicts, output packets and map contents must
 // match. Tests that fill the maps belong next to each object's Go API.
 func TestTeamObjects(t *testing.T) {
-	for _, f := range []string{"../firewall/firewall_bpfel.o", "../guard/guard_bpfel.o", "../httptrace/httptrace_bpfel.o"} {
+	for _, f := range []string{"../firewall/firewall_bpfel.o", "../guard/guard_bpfel.o", "../httptrace/httptrace_bpfel.o", "../trafficstats/stats_bpfel.o"} {
 		spec := loadSpec(t, f)
 		for name := range spec.Programs {
 			t.Run(f[3:]+"/"+name, func(t *testing.T) {

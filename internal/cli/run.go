@@ -83,10 +83,10 @@ Every memory access is bounds-checked: a packet on which the program makes a
 bad access is reported as an error naming the instruction, and the command
 exits 1 after printing the rest.`,
 		Example: `  # verdicts of the XDP firewall on a capture
-  sockgate run firewall/firewall_bpfel.o --prog xdp_firewall --pcap trace.pcap
+  sockgate run firewall/firewall_bpfel.o --prog sockgate_firewall --pcap trace.pcap
 
   # with a socket table and pre-filled maps, JSON output, tagged output capture
-  sockgate run guard.o --prog guard_ingress --pcap in.pcap \
+  sockgate run guard/guard_bpfel.o --prog sockgate_guard_ingress --pcap in.pcap \
       --sockets sockets.yaml --maps state.json --out tagged.pcapng -o json
 
   # a scenario file
