@@ -222,14 +222,12 @@ func (d *Dispatcher) Unload() error {
 		return err
 	}
 	d.Close()
+	defer lock.Unlock()
 	if err := bpffs.RemoveAll(d.dir); err != nil {
-		lock.Unlock()
 		return fmt.Errorf("remove pins: %w", err)
 	}
-	lock.Unlock()
-	// Leave no empty directory behind; this fails harmlessly when a
-	// concurrent load has already created new pins.
-	os.Remove(d.base)
+	// Leave no empty directory behind, up to the namespace's own.
+	bpffs.PruneEmpty(d.base)
 	return nil
 }
 

@@ -335,3 +335,65 @@ func TestClientHandover(t *testing.T) {
 		t.Errorf("registration as uid 65534: %v, want a refusal", err)
 	}
 }
+
+// TestServerRefusesWholeRequests checks that a request over the unix socket
+// is registered completely or not at all: one socket the dispatcher would
+// refuse, or more sockets than one message carries, leaves every socket
+// of the request unregistered.
+func TestServerRefusesWholeRequests(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	dir := t.TempDir()
+	path := dir + "/dispatch.sock"
+	ln, err := ListenUnix(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go (&Server{D: e.d, Log: t.Logf}).Serve(ctx, ln)
+
+	listen := func(network, addr string) *net.TCPListener {
+		t.Helper()
+		var l net.Listener
+		if err := e.ns.Do(func() error {
+			lc := net.ListenConfig{}
+			lc.SetMultipathTCP(false)
+			var err error
+			l, err = lc.Listen(t.Context(), network, addr)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		return l.(*net.TCPListener)
+	}
+	nothingRegistered := func(when string) {
+		t.Helper()
+		if _, err := e.d.Unregister("web", 0, 0); err == nil {
+			t.Errorf("%s: part of the refused request was registered", when)
+		}
+	}
+
+	// The second socket is dual-stack without the dual-stack option.
+	v4 := listen("tcp4", "127.0.0.1:0")
+	dual := listen("tcp", "[::]:0")
+	err = client.Register(t.Context(), path, "web", v4, dual)
+	if err == nil || !strings.Contains(err.Error(), "IPV6_V6ONLY off") {
+		t.Fatalf("request with a dual-stack socket and no --dual-stack: %v", err)
+	}
+	nothingRegistered("dual-stack refusal")
+
+	// More sockets than one message carries: the kernel truncates the
+	// control message, so the server must refuse rather than register the
+	// ones that arrived.
+	var many []syscall.Conn
+	for range maxRequestFDs + 1 {
+		many = append(many, listen("tcp4", "127.0.0.1:0"))
+	}
+	err = client.Register(t.Context(), path, "web", many...)
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("at most %d", maxRequestFDs)) {
+		t.Fatalf("request with %d sockets: %v", len(many), err)
+	}
+	nothingRegistered("truncated request")
+}

@@ -72,14 +72,17 @@ func (s *Server) logf(format string, args ...any) {
 	}
 }
 
+// maxRequestFDs is how many sockets one request may carry.
+const maxRequestFDs = 16
+
 func (s *Server) handle(c *net.UnixConn) {
 	defer c.Close()
 	// A client that connects and says nothing must not hold a goroutine
 	// forever.
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	buf := make([]byte, 4096)
-	oob := make([]byte, unix.CmsgSpace(16*4))
-	n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+	oob := make([]byte, unix.CmsgSpace(maxRequestFDs*4))
+	n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
 	if err != nil {
 		return
 	}
@@ -96,7 +99,17 @@ func (s *Server) handle(c *net.UnixConn) {
 			unix.Close(fd)
 		}
 	}()
-	reply := s.register(c, buf[:n], fds)
+	var reply client.Reply
+	switch {
+	case flags&unix.MSG_CTRUNC != 0:
+		// The kernel dropped the sockets that didn't fit: refuse the
+		// whole request rather than register some of them.
+		reply.Error = fmt.Sprintf("more sockets than one request can carry (at most %d); send them in several requests", maxRequestFDs)
+	case flags&unix.MSG_TRUNC != 0:
+		reply.Error = fmt.Sprintf("request is longer than %d bytes", len(buf))
+	default:
+		reply = s.register(c, buf[:n], fds)
+	}
 	b, _ := json.Marshal(reply)
 	c.Write(b)
 }
@@ -117,10 +130,9 @@ func (s *Server) register(c *net.UnixConn, msg []byte, fds []int) client.Reply {
 	if len(fds) == 0 {
 		return client.Reply{Error: "no sockets attached (send them as SCM_RIGHTS)"}
 	}
-	// Validate all before registering any, so a bad request changes
-	// nothing.
+	// Check all before registering any, so a bad request changes nothing.
 	for _, fd := range fds {
-		if _, err := InspectSocket(fd, s.D.netns); err != nil {
+		if _, err := s.D.planRegistration(req.Label, fd, RegisterOptions{DualStack: req.DualStack}); err != nil {
 			return client.Reply{Error: err.Error()}
 		}
 	}

@@ -142,23 +142,11 @@ type Registration struct {
 // its family and protocol, replacing the previous one. The caller keeps
 // fd; the dispatcher holds its own reference until the socket closes.
 func (d *Dispatcher) Register(label string, fd int, opts RegisterOptions) (Registration, error) {
-	if err := ValidateLabel(label); err != nil {
-		return Registration{}, err
-	}
-	info, err := InspectSocket(fd, d.netns)
+	reg, err := d.planRegistration(label, fd, opts)
 	if err != nil {
 		return Registration{}, err
 	}
-	fams := []uint8{info.Family}
-	switch {
-	case info.Family == 6 && info.DualStack && !opts.DualStack:
-		return Registration{}, fmt.Errorf("socket %s has IPV6_V6ONLY off, so it accepts IPv4 too: pass --dual-stack to register it for IPv4 and IPv6, or set IPV6_V6ONLY on the socket", info)
-	case info.Family == 6 && info.DualStack:
-		fams = []uint8{4, 6}
-	case opts.DualStack:
-		return Registration{}, fmt.Errorf("--dual-stack: socket %s is not an IPv6 socket with IPV6_V6ONLY off", info)
-	}
-	reg := Registration{Label: label, Socket: info, Families: fams}
+	info, fams := reg.Socket, reg.Families
 	err = d.withLock(func() error {
 		ids, err := d.labelIDs()
 		if err != nil {
@@ -177,6 +165,29 @@ func (d *Dispatcher) Register(label string, fd int, opts RegisterOptions) (Regis
 		return nil
 	})
 	return reg, err
+}
+
+// planRegistration checks everything Register checks, without changing
+// anything, and returns what Register would do: callers registering
+// several sockets check them all before registering any.
+func (d *Dispatcher) planRegistration(label string, fd int, opts RegisterOptions) (Registration, error) {
+	if err := ValidateLabel(label); err != nil {
+		return Registration{}, err
+	}
+	info, err := InspectSocket(fd, d.netns)
+	if err != nil {
+		return Registration{}, err
+	}
+	fams := []uint8{info.Family}
+	switch {
+	case info.Family == 6 && info.DualStack && !opts.DualStack:
+		return Registration{}, fmt.Errorf("socket %s has IPV6_V6ONLY off, so it accepts IPv4 too: pass --dual-stack to register it for IPv4 and IPv6, or set IPV6_V6ONLY on the socket", info)
+	case info.Family == 6 && info.DualStack:
+		fams = []uint8{4, 6}
+	case opts.DualStack:
+		return Registration{}, fmt.Errorf("--dual-stack: socket %s is not an IPv6 socket with IPV6_V6ONLY off", info)
+	}
+	return Registration{Label: label, Socket: info, Families: fams}, nil
 }
 
 // Unregister removes label's sockets; proto and fam (0 for any) narrow it
