@@ -492,7 +492,11 @@ func Unload(dir, ifname string) error {
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("unload %s: %w", ifname, err)
 	}
-	return bpffs.RemoveAll(dir)
+	if err := bpffs.RemoveAll(dir); err != nil {
+		return err
+	}
+	bpffs.PruneEmpty(parent)
+	return nil
 }
 
 // unchain empties slot 0 of the firewall chain if it still holds this
