@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -276,7 +277,7 @@ func Loaded(root string) ([]string, error) {
 	}
 	var names []string
 	for _, e := range entries {
-		if e.IsDir() && bpffs.Exists(filepath.Join(root, e.Name(), pinLink)) {
+		if e.IsDir() && !strings.HasPrefix(e.Name(), tmpPrefix) && bpffs.Exists(filepath.Join(root, e.Name(), pinLink)) {
 			names = append(names, bpffs.UnescapeName(e.Name()))
 		}
 	}

@@ -417,3 +417,36 @@ func TestE2ESessionLockout(t *testing.T) {
 		t.Fatalf("a session on another interface blocked the change: %v\n%s", err, out)
 	}
 }
+
+// TestE2EKilledLoadIsCleanedUp simulates a load killed after it pinned its
+// link but before it renamed its temporary directory into place: that
+// directory keeps the program attached. status must not list it, and the
+// next load must clear it (an interface takes one XDP link, so attaching
+// fails while the stale one lives).
+func TestE2EKilledLoadIsCleanedUp(t *testing.T) {
+	e := newE2E(t)
+	e.sg(t, "firewall", "load", e.ifname)
+	dir := e.pinDir(t)
+	crashed := filepath.Join(filepath.Dir(dir), "%load-crashed")
+	if err := os.Rename(dir, crashed); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bpffs.RemoveAll(crashed) })
+
+	var st []struct {
+		Interface string `json:"interface"`
+	}
+	clitest.JSON(t, &st, "--netns", e.netns, "firewall", "status")
+	if len(st) != 0 {
+		t.Errorf("status lists a half-built load: %+v", st)
+	}
+	e.sg(t, "firewall", "load", e.ifname, "--mode", "allow")
+	if bpffs.Exists(crashed) {
+		t.Errorf("load left the stale %s in place", crashed)
+	}
+	clitest.JSON(t, &st, "--netns", e.netns, "firewall", "status")
+	if len(st) != 1 || st[0].Interface != e.ifname {
+		t.Errorf("status after recovering: %+v", st)
+	}
+	e.expectReach(t, "allow mode with no rules after recovery", false, false, false)
+}

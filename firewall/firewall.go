@@ -42,6 +42,11 @@ func ParseXDPMode(s string) (XDPMode, error) {
 // ErrNotLoaded is returned for an interface without a loaded firewall.
 var ErrNotLoaded = errors.New("no firewall is loaded on this interface")
 
+// tmpPrefix starts the names of directories a load builds before renaming
+// them into place. No interface name contains '%' (the kernel reads it as
+// a template), so a temporary directory is never taken for an interface.
+const tmpPrefix = "%load-"
+
 // Names of pinned objects.
 const (
 	pinLink        = "link"
@@ -99,12 +104,36 @@ func Load(dir, ifname string, opts LoadOptions) error {
 	if bpffs.Exists(filepath.Join(dir, pinLink)) {
 		return reload(dir, opts)
 	}
-	// A directory without a link is what a crashed load leaves behind.
+	// Everything is checked before anything is created.
+	if err := validate(opts.Rules); err != nil {
+		return err
+	}
+	if len(opts.Management) > maxManagement {
+		return fmt.Errorf("at most %d management prefixes, got %d", maxManagement, len(opts.Management))
+	}
+	if !opts.Change.Force {
+		flows := append([]Flow(nil), opts.Change.Protect...)
+		for _, p := range opts.Management {
+			flows = append(flows, ManagementFlow(p))
+		}
+		if err := checkLockout(opts.Mode, opts.Rules, flows); err != nil {
+			return err
+		}
+	}
+
+	// A directory without a link, or a temporary directory (we hold the
+	// lock, so no other load is building one), is what a load that was
+	// killed half-way leaves behind; a temporary one may even hold a
+	// pinned link that keeps a program attached.
 	if err := bpffs.RemoveAll(dir); err != nil {
 		return err
 	}
+	stale, _ := filepath.Glob(filepath.Join(filepath.Dir(dir), tmpPrefix+"*"))
+	for _, d := range stale {
+		bpffs.RemoveAll(d)
+	}
 
-	tmp, err := os.MkdirTemp(filepath.Dir(dir), "load-")
+	tmp, err := os.MkdirTemp(filepath.Dir(dir), tmpPrefix)
 	if err != nil {
 		return fmt.Errorf("create pin directory: %w", err)
 	}
@@ -127,20 +156,8 @@ func Load(dir, ifname string, opts LoadOptions) error {
 		}
 	}
 
-	if err := validate(opts.Rules); err != nil {
-		return err
-	}
 	if err := writeManagement(shared["fw_management"], opts.Management); err != nil {
 		return err
-	}
-	if !opts.Change.Force {
-		flows := append([]Flow(nil), opts.Change.Protect...)
-		for _, p := range opts.Management {
-			flows = append(flows, ManagementFlow(p))
-		}
-		if err := checkLockout(opts.Mode, opts.Rules, flows); err != nil {
-			return err
-		}
 	}
 	mode := XDPAuto
 	if opts.XDPMode != "" {
