@@ -450,3 +450,30 @@ func TestE2EKilledLoadIsCleanedUp(t *testing.T) {
 	}
 	e.expectReach(t, "allow mode with no rules after recovery", false, false, false)
 }
+
+// TestE2EKilledChangeIsCleanedUp leaves behind what a change killed
+// half-way would (a generation still being built and an old one not yet
+// removed) and checks that the next change clears both and still works.
+func TestE2EKilledChangeIsCleanedUp(t *testing.T) {
+	e := newE2E(t)
+	e.sg(t, "firewall", "load", e.ifname)
+	gens := filepath.Join(e.pinDir(t), "gen")
+	for _, name := range []string{"build-123", "7"} {
+		if err := bpffs.MkdirAll(filepath.Join(gens, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.sg(t, "firewall", "add", e.ifname, "--src", e.topo.ClientLink.Addr4.String())
+	entries, err := os.ReadDir(gens)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 {
+		var names []string
+		for _, en := range entries {
+			names = append(names, en.Name())
+		}
+		t.Errorf("gen/ holds %v after a change, want only the current generation", names)
+	}
+	e.expectReach(t, "after the change", false, false, true)
+}

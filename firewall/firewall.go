@@ -547,6 +547,7 @@ func (fw *firewall) rules() ([]Rule, error) {
 // point the link at its program in one update, then remove the old one.
 // On any failure before the update, the old generation stays in force.
 func (fw *firewall) replace(rules []Rule) error {
+	fw.removeStaleGenerations()
 	next, err := buildGeneration(fw.dir, fw.genNum+1, fw.shared, rules, clockNow())
 	if err != nil {
 		return err
@@ -565,6 +566,21 @@ func (fw *firewall) replace(rules []Rule) error {
 	fw.gen, fw.genNum = next, fw.genNum+1
 	old.Close()
 	return bpffs.RemoveAll(old.dir)
+}
+
+// removeStaleGenerations removes what a change killed half-way leaves
+// under gen/: a generation being built, or one swapped out but not yet
+// removed. The caller holds the lock, so nothing else is building one.
+func (fw *firewall) removeStaleGenerations() {
+	entries, err := os.ReadDir(filepath.Join(fw.dir, pinGenerations))
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if e.Name() != strconv.Itoa(fw.genNum) {
+			bpffs.RemoveAll(filepath.Join(fw.dir, pinGenerations, e.Name()))
+		}
+	}
 }
 
 // carryHits copies the hit counts of rules that survive into the next
