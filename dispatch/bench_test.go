@@ -117,10 +117,18 @@ func testRunRepeat(prog *ebpf.Program, ctx *skLookupCtx, repeat uint32) (uint32,
 		ctxSizeIn: uint32(unsafe.Sizeof(*ctx)),
 		ctxIn:     uint64(uintptr(unsafe.Pointer(ctx))),
 	}
-	_, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_TEST_RUN, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
-	runtime.KeepAlive(ctx)
-	if errno != 0 {
-		return 0, 0, errno
+	for {
+		_, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_TEST_RUN, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+		// A pending signal (Go's preemption sends SIGURG) ends a long
+		// repeat loop with EINTR: run it again, as cilium/ebpf does.
+		if errno == unix.EINTR {
+			continue
+		}
+		runtime.KeepAlive(ctx)
+		if errno != 0 {
+			return 0, 0, errno
+		}
+		break
 	}
 	return attr.retval, attr.duration, nil
 }
