@@ -477,3 +477,42 @@ func TestE2EKilledChangeIsCleanedUp(t *testing.T) {
 	}
 	e.expectReach(t, "after the change", false, false, true)
 }
+
+// TestE2EGCRemovesStateOfDeletedInterfaces deletes the interface under a
+// loaded firewall, as a container's exit would: its pins stay, holding a
+// detached program, until `sockgate gc` removes them.
+func TestE2EGCRemovesStateOfDeletedInterfaces(t *testing.T) {
+	e := newE2E(t)
+	e.sg(t, "firewall", "load", e.ifname)
+	dir := e.pinDir(t)
+	e.topo.Server.Exec(t, "ip", "link", "del", e.ifname)
+
+	type row struct {
+		Dir     string `json:"dir"`
+		Removed bool   `json:"removed"`
+	}
+	find := func(rows []row) (row, bool) {
+		for _, r := range rows {
+			if r.Dir == dir {
+				return r, true
+			}
+		}
+		return row{}, false
+	}
+	var rows []row
+	// Scoped to the test's namespace: other tests run beside this one.
+	clitest.JSON(t, &rows, "--netns", e.netns, "gc", "--dry-run")
+	if r, ok := find(rows); !ok || r.Removed {
+		t.Fatalf("gc --dry-run: %+v, want %s listed and not removed", rows, dir)
+	}
+	if !bpffs.Exists(dir) {
+		t.Fatal("gc --dry-run removed state")
+	}
+	clitest.JSON(t, &rows, "--netns", e.netns, "gc")
+	if r, ok := find(rows); !ok || !r.Removed {
+		t.Fatalf("gc: %+v, want %s removed", rows, dir)
+	}
+	if bpffs.Exists(dir) {
+		t.Errorf("%s still exists after gc", dir)
+	}
+}
