@@ -91,6 +91,7 @@ Linux host, and manages them from the command line.
   stats      live packet and byte counters by protocol
   run        run a BPF object on a pcap in the userspace vm (no root)
   verify     check a BPF object with the userspace verifier (no root)
+  gc         remove pinned state whose interface or namespace is gone
   demo       a throwaway namespace topology that shows the firewall working
 
 Programs are attached through bpf_links pinned under
