@@ -284,22 +284,6 @@ func Loaded(root string) ([]string, error) {
 	return names, nil
 }
 
-// SetManagement stores the management prefixes of the firewall under dir.
-// Rule changes that would cut them are refused unless forced.
-func SetManagement(dir string, prefixes []netip.Prefix) error {
-	lock, err := bpffs.LockDir(filepath.Dir(dir))
-	if err != nil {
-		return err
-	}
-	defer lock.Unlock()
-	fw, err := open(dir)
-	if err != nil {
-		return err
-	}
-	defer fw.Close()
-	return writeManagement(fw.shared["fw_management"], prefixes)
-}
-
 func writeManagement(m *ebpf.Map, prefixes []netip.Prefix) error {
 	if len(prefixes) > maxManagement {
 		return fmt.Errorf("at most %d management prefixes, got %d", maxManagement, len(prefixes))
@@ -340,27 +324,68 @@ func DirIn(root, ifname string) string {
 	return filepath.Join(root, bpffs.EscapeName(ifname))
 }
 
-// SetNext makes the firewall on the interface pinned under dir hand every
+// ErrChainTaken is returned by Chain when another program already follows
+// the firewall on the interface.
+var ErrChainTaken = errors.New("another program already follows the firewall on this interface")
+
+// Chain makes the firewall on the interface pinned under dir hand every
 // packet it passes to prog with a tail call, so two XDP capabilities can
-// share one interface (firewall first). prog must be an XDP program; nil
-// removes the chain, and passed packets go up the stack again.
-func SetNext(dir string, prog *ebpf.Program) error {
-	chain, err := ebpf.LoadPinnedMap(filepath.Join(dir, "fw_chain"), nil)
-	if errors.Is(err, os.ErrNotExist) {
-		return ErrNotLoaded
-	}
+// share one interface (firewall first). prog must be an XDP program. It
+// refuses with ErrChainTaken rather than displace a program already there.
+func Chain(dir string, prog *ebpf.Program) error {
+	chain, err := openChain(dir)
 	if err != nil {
-		return fmt.Errorf("open chain: %w", err)
+		return err
 	}
 	defer chain.Close()
-	if prog == nil {
-		if err := chain.Delete(uint32(0)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("clear chain: %w", err)
-		}
-		return nil
+	var occupant ebpf.ProgramID
+	if err := chain.Lookup(uint32(0), &occupant); err == nil {
+		return fmt.Errorf("%w (program %d)", ErrChainTaken, occupant)
 	}
-	if err := chain.Put(uint32(0), prog); err != nil {
+	// Prog arrays take only BPF_ANY, so the check above can't be folded
+	// into the update.
+	if err := chain.Update(uint32(0), prog, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("chain to program: %w", err)
 	}
 	return nil
+}
+
+// Unchain removes prog from the chain of the firewall under dir, if it is
+// the program there; passed packets then go up the stack again. A firewall
+// that is gone, or chains to another program, is left as it is.
+func Unchain(dir string, prog *ebpf.Program) error {
+	chain, err := openChain(dir)
+	if errors.Is(err, ErrNotLoaded) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer chain.Close()
+	var occupant ebpf.ProgramID
+	if err := chain.Lookup(uint32(0), &occupant); err != nil {
+		return nil
+	}
+	info, err := prog.Info()
+	if err != nil {
+		return err
+	}
+	if id, _ := info.ID(); id != occupant {
+		return nil
+	}
+	if err := chain.Delete(uint32(0)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("clear chain: %w", err)
+	}
+	return nil
+}
+
+func openChain(dir string) (*ebpf.Map, error) {
+	chain, err := ebpf.LoadPinnedMap(filepath.Join(dir, "fw_chain"), nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, ErrNotLoaded
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open chain: %w", err)
+	}
+	return chain, nil
 }

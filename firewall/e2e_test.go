@@ -1,7 +1,11 @@
 package firewall_test
 
 import (
+	"errors"
 	"fmt"
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/sockgate/sockgate/firewall"
 	"net"
 	"net/netip"
 	"os"
@@ -514,5 +518,50 @@ func TestE2EGCRemovesStateOfDeletedInterfaces(t *testing.T) {
 	}
 	if bpffs.Exists(dir) {
 		t.Errorf("%s still exists after gc", dir)
+	}
+}
+
+// TestE2EChainAPI checks the API another capability uses to run behind the
+// firewall: a taken slot is refused, and Unchain removes only the caller's
+// own program.
+func TestE2EChainAPI(t *testing.T) {
+	e := newE2E(t)
+	e.sg(t, "firewall", "load", e.ifname)
+	dir := e.pinDir(t)
+	newProg := func() *ebpf.Program {
+		p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+			Type: ebpf.XDP, AttachType: ebpf.AttachXDP, License: "GPL",
+			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Close() })
+		return p
+	}
+	a, b := newProg(), newProg()
+	if err := firewall.Chain(dir, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := firewall.Chain(dir, b); !errors.Is(err, firewall.ErrChainTaken) {
+		t.Fatalf("chaining into a taken slot: %v, want ErrChainTaken", err)
+	}
+	chain, err := ebpf.LoadPinnedMap(filepath.Join(dir, "fw_chain"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer chain.Close()
+	occupied := func() bool {
+		var id ebpf.ProgramID
+		return chain.Lookup(uint32(0), &id) == nil
+	}
+	if err := firewall.Unchain(dir, b); err != nil || !occupied() {
+		t.Fatalf("Unchain of a program that isn't there: %v, slot occupied %v", err, occupied())
+	}
+	if err := firewall.Unchain(dir, a); err != nil || occupied() {
+		t.Fatalf("Unchain of the chained program: %v, slot occupied %v", err, occupied())
+	}
+	if err := firewall.Chain(filepath.Join(filepath.Dir(dir), "nosuchif"), a); !errors.Is(err, firewall.ErrNotLoaded) {
+		t.Errorf("Chain where no firewall is loaded: %v, want ErrNotLoaded", err)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/sockgate/sockgate/firewall"
 	"github.com/sockgate/sockgate/internal/bpffs"
 	"github.com/sockgate/sockgate/internal/bpfload"
 )
@@ -90,11 +91,11 @@ type Options struct {
 	// EventRate limits events per second per CPU; 0 means
 	// DefaultEventRate, negative means no events.
 	EventRate int
-	// FirewallChain is the path of the firewall's pinned fw_chain prog
-	// array for this interface. With XDP, when it exists, the guard is put
-	// in its slot 0 (the firewall runs first and tail-calls the guard)
-	// instead of being attached to the interface.
-	FirewallChain string
+	// ChainAfterFirewall, with XDP, puts the guard behind the firewall
+	// when the firewall is loaded on the interface (the firewall runs
+	// first and tail-calls the guard) instead of attaching it to the
+	// interface, which holds one XDP program.
+	ChainAfterFirewall bool
 	// Rules is the initial policy, in force from the first packet.
 	Rules []Rule
 
@@ -257,25 +258,23 @@ func Load(dir, ifname string, opts Options) error {
 	// Attach. Each attachment is pinned (a link, or the program for the
 	// netlink fallback and the firewall chain) so it outlives this process.
 	var attach uint32
-	useXDPChain := opts.XDP && opts.FirewallChain != "" && bpffs.Exists(opts.FirewallChain)
+	chained := false
+	if opts.XDP && opts.ChainAfterFirewall {
+		fwDir := bpffs.Sibling(dir, bpffs.Firewall)
+		switch err := firewall.Chain(fwDir, objs.SockgateGuardXdp); {
+		case err == nil:
+			chained = true
+			cleanup = append(cleanup, func() { firewall.Unchain(fwDir, objs.SockgateGuardXdp) })
+			// The pinned program is how unload finds what to unchain.
+			if err := pinObject(objs.SockgateGuardXdp.Pin, tmp, pinProgXDP); err != nil {
+				return err
+			}
+		case !errors.Is(err, firewall.ErrNotLoaded):
+			return fmt.Errorf("chain behind the firewall on %s: %w", ifname, err)
+		}
+	}
 	switch {
-	case useXDPChain:
-		chain, err := ebpf.LoadPinnedMap(opts.FirewallChain, nil)
-		if err != nil {
-			return fmt.Errorf("open firewall chain %s: %w", opts.FirewallChain, err)
-		}
-		defer chain.Close()
-		var occupant ebpf.ProgramID
-		if err := chain.Lookup(uint32(0), &occupant); err == nil {
-			return fmt.Errorf("slot 0 of the firewall chain %s already holds program %d; unload what put it there first", opts.FirewallChain, occupant)
-		}
-		if err := pinObject(objs.SockgateGuardXdp.Pin, tmp, pinProgXDP); err != nil {
-			return err
-		}
-		if err := chain.Update(uint32(0), objs.SockgateGuardXdp, ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("put the guard in slot 0 of the firewall chain %s: %w", opts.FirewallChain, err)
-		}
-		cleanup = append(cleanup, func() { chain.Delete(uint32(0)) })
+	case chained:
 		attach |= attachXDP | attachXDPChain
 	case opts.XDP:
 		lk, err := link.AttachXDP(link.XDPOptions{Program: objs.SockgateGuardXdp, Interface: ifindex})
@@ -499,43 +498,15 @@ func Unload(dir, ifname string) error {
 	return nil
 }
 
-// unchain empties slot 0 of the firewall chain if it still holds this
-// guard's XDP program.
+// unchain takes this guard's XDP program out of the firewall's chain, if
+// it is there.
 func unchain(dir string) error {
 	prog, err := ebpf.LoadPinnedProgram(filepath.Join(dir, pinProgXDP), nil)
 	if err != nil {
 		return nil
 	}
 	defer prog.Close()
-	// The firewall's directory is a sibling tree: .../<ino>/firewall/<if>.
-	ifname := filepath.Base(dir)
-	chainPath := filepath.Join(filepath.Dir(filepath.Dir(dir)), string(bpffs.Firewall), ifname, "fw_chain")
-	chain, err := ebpf.LoadPinnedMap(chainPath, nil)
-	if err != nil {
-		return nil // firewall gone: nothing chains to the guard any more
-	}
-	defer chain.Close()
-	var id ebpf.ProgramID
-	if err := chain.Lookup(uint32(0), &id); err != nil {
-		return nil
-	}
-	info, err := prog.Info()
-	if err != nil {
-		return err
-	}
-	ours, _ := info.ID()
-	if id == ours {
-		if err := chain.Delete(uint32(0)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("empty firewall chain slot: %w", err)
-		}
-	}
-	return nil
-}
-
-// ChainPath returns where the firewall pins its fw_chain prog array for an
-// interface, given the firewall's pin directory for it.
-func ChainPath(firewallDir string) string {
-	return filepath.Join(firewallDir, "fw_chain")
+	return firewall.Unchain(bpffs.Sibling(dir, bpffs.Firewall), prog)
 }
 
 // isNotLoaded says whether err means the pins are missing.

@@ -72,6 +72,13 @@ func Dir(netns uint64, c Capability, object string) string {
 	return dir
 }
 
+// Sibling returns the directory of the same object (interface) under
+// another capability, in the same namespace: the firewall's directory for
+// the interface a guard directory belongs to, say.
+func Sibling(dir string, c Capability) string {
+	return filepath.Join(filepath.Dir(filepath.Dir(dir)), string(c), filepath.Base(dir))
+}
+
 // EscapeName makes a name usable in bpffs, which reserves dots (bpf_lookup
 // refuses any name containing one). Interface names such as eth0.100 have
 // dots but never colons, so dots become colons.

@@ -165,11 +165,7 @@ socket table.`,
 			if err != nil {
 				return fmt.Errorf("guard load: %w", err)
 			}
-			fwDir, err := stateDir(bpffs.Firewall, ifname)
-			if err != nil {
-				return fmt.Errorf("guard load: %w", err)
-			}
-			opts.FirewallChain = guard.ChainPath(fwDir)
+			opts.ChainAfterFirewall = true
 			opts.Rules = rules
 			if err := guard.Load(dir, ifname, opts); err != nil {
 				return fmt.Errorf("guard load: %s: %w", ifname, err)
