@@ -133,7 +133,7 @@ func modify(dir string, c Change, edit func([]Rule) ([]Rule, error)) error {
 			return err
 		}
 	}
-	return fw.replace(rules)
+	return fw.replace(old, rules)
 }
 
 // Rules lists the current rule set with per-rule hit counts.

@@ -205,7 +205,7 @@ func reload(dir string, opts LoadOptions) error {
 	if err != nil {
 		return err
 	}
-	return fw.replace(rules)
+	return fw.replace(rules, rules)
 }
 
 // Unload detaches the firewall from the interface whose state is pinned
@@ -287,6 +287,9 @@ type generationObjects struct {
 	dir  string
 	prog *ebpf.Program
 	maps map[string]*ebpf.Map
+	// rules are the rules the generation was built from (those that had
+	// not expired), in rule id order; set by buildGeneration only.
+	rules []Rule
 }
 
 func (g *generationObjects) Close() {
@@ -313,7 +316,7 @@ func buildGeneration(parent string, n int, shared map[string]*ebpf.Map, rules []
 	if err != nil {
 		return nil, fmt.Errorf("load firewall program: %w", err)
 	}
-	objs := &generationObjects{prog: coll.Programs["sockgate_firewall"], maps: map[string]*ebpf.Map{}}
+	objs := &generationObjects{prog: coll.Programs["sockgate_firewall"], maps: map[string]*ebpf.Map{}, rules: g.rules}
 	for _, name := range generationMaps {
 		objs.maps[name] = coll.Maps[name]
 	}
@@ -546,13 +549,14 @@ func (fw *firewall) rules() ([]Rule, error) {
 // replace swaps in a new generation built from rules: build and pin it,
 // point the link at its program in one update, then remove the old one.
 // On any failure before the update, the old generation stays in force.
-func (fw *firewall) replace(rules []Rule) error {
+// old is the current generation's rule set, as the caller read it.
+func (fw *firewall) replace(old, rules []Rule) error {
 	fw.removeStaleGenerations()
 	next, err := buildGeneration(fw.dir, fw.genNum+1, fw.shared, rules, clockNow())
 	if err != nil {
 		return err
 	}
-	if err := fw.carryHits(next); err != nil {
+	if err := fw.carryHits(old, next); err != nil {
 		bpffs.RemoveAll(next.dir)
 		next.Close()
 		return err
@@ -562,10 +566,10 @@ func (fw *firewall) replace(rules []Rule) error {
 		next.Close()
 		return fmt.Errorf("swap in new rules: %w", err)
 	}
-	old := fw.gen
+	prev := fw.gen
 	fw.gen, fw.genNum = next, fw.genNum+1
-	old.Close()
-	return bpffs.RemoveAll(old.dir)
+	prev.Close()
+	return bpffs.RemoveAll(prev.dir)
 }
 
 // removeStaleGenerations removes what a change killed half-way leaves
@@ -586,26 +590,12 @@ func (fw *firewall) removeStaleGenerations() {
 // carryHits copies the hit counts of rules that survive into the next
 // generation, so changing one rule doesn't reset the others' counts. Hits
 // that land on the old generation between the copy and the swap are lost.
-func (fw *firewall) carryHits(next *generationObjects) error {
-	old, err := fw.rules()
-	if err != nil {
-		return err
-	}
+func (fw *firewall) carryHits(old []Rule, next *generationObjects) error {
 	oldIDs := make(map[Rule]uint32, len(old))
 	for i, r := range old {
 		oldIDs[r.Selector()] = uint32(i + 1)
 	}
-	nextRules := next.maps["fw_rules"]
-	clk := clockNow()
-	for id := uint32(1); id < nextRules.MaxEntries(); id++ {
-		var e firewallFwRule
-		if err := nextRules.Lookup(id, &e); err != nil {
-			return fmt.Errorf("read new rule %d: %w", id, err)
-		}
-		r, err := decodeRule(e, clk)
-		if err != nil {
-			return err
-		}
+	for i, r := range next.rules {
 		oldID, ok := oldIDs[r.Selector()]
 		if !ok {
 			continue
@@ -614,7 +604,7 @@ func (fw *firewall) carryHits(next *generationObjects) error {
 		if err := fw.gen.maps["fw_hits"].Lookup(oldID, &perCPU); err != nil {
 			return fmt.Errorf("read hits of rule %d: %w", oldID, err)
 		}
-		if err := next.maps["fw_hits"].Put(id, perCPU); err != nil {
+		if err := next.maps["fw_hits"].Put(uint32(i+1), perCPU); err != nil {
 			return fmt.Errorf("carry hits of rule %d: %w", oldID, err)
 		}
 	}
