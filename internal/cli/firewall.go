@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -68,9 +69,11 @@ func firewallDir(ifname string) (string, error) {
 	return stateDir(bpffs.Firewall, ifname)
 }
 
+// errNoInterface explains the net package's error for a missing
+// interface and passes any other error (permissions, netlink) through as
+// it is.
 func errNoInterface(err error) error {
-	var nerr *net.OpError
-	if errors.As(err, &nerr) || err.Error() == "route ip+net: no such network interface" {
+	if strings.HasSuffix(err.Error(), "no such network interface") {
 		return errors.New("no such interface in this network namespace (see `ip link`, or pick the namespace with --netns)")
 	}
 	return err
