@@ -90,7 +90,7 @@ func Dir(netns uint64, ifname string) string {
 // with its current rules when it is already there (an upgrade in place).
 // The namespace-sensitive parts (the interface index, the attachment) use
 // the calling thread's network namespace.
-func Load(dir, ifname string, opts LoadOptions) error {
+func Load(dir, ifname string, opts LoadOptions) (err error) {
 	iface, err := net.InterfaceByName(ifname)
 	if err != nil {
 		return fmt.Errorf("interface %q: %w", ifname, err)
@@ -100,6 +100,12 @@ func Load(dir, ifname string, opts LoadOptions) error {
 		return err
 	}
 	defer lock.Unlock()
+	defer func() {
+		if err != nil {
+			// A failed first load leaves no directory behind.
+			bpffs.PruneEmpty(filepath.Dir(dir))
+		}
+	}()
 
 	if bpffs.Exists(filepath.Join(dir, pinLink)) {
 		return reload(dir, opts)

@@ -181,6 +181,7 @@ func Load(dir, ifname string, opts Options) error {
 			cleanup[i]()
 		}
 		bpffs.RemoveAll(tmp)
+		bpffs.PruneEmpty(parent) // a failed first load leaves no directory
 	}()
 
 	// Handles to the links this load creates. They are closed when Load
