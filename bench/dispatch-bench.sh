@@ -9,8 +9,11 @@
 #     sockets. Set-up time, kernel memory growth (Slab+Percpu in
 #     /proc/meminfo; global, so noisy on a busy machine), the dispatcher's
 #     BPF map memlock, and connect() latency p50/p99 over CONNECTS
-#     connections per contender, alternating between contenders every
-#     round, against a single plain listener as the direct baseline.
+#     connections per contender, taking turns between contenders in short
+#     batches from one client thread pinned to CPU 0 (services on the other
+#     CPUs), against a single plain listener as the direct baseline and a
+#     second copy of it as an A/A control; then each sk_lookup program's
+#     run time per lookup in real connects (the kernel's bpf_stats).
 #  2. go test -bench BenchmarkLookup ./dispatch/: ns per lookup through
 #     BPF_PROG_TEST_RUN (the kernel's own timing) with 10, 10k and 100k
 #     bindings, for a lookup that hits a /32 and one that misses the /32s

@@ -10,8 +10,14 @@
 // growth of /proc/meminfo, plus the dispatcher's BPF map memlock) and
 // connect() latency p50/p99 under a connect loop, with a single plain
 // listener as the direct baseline. Each contender lives in its own network
-// namespace; the latency rounds alternate between them so that load from
-// other processes on the machine hits all of them alike.
+// namespace. One client thread, pinned to CPU 0 with the services on the
+// other CPUs, takes turns between them in short batches (-batch connects),
+// so that load from other processes on the machine hits all of them alike;
+// a second copy of the baseline (an A/A control) shows how far two
+// identical contenders drift apart in the same run, the method's
+// resolution, and a paired per-block comparison gives the spread. A last,
+// shorter phase with the kernel's BPF run-time statistics on reports what
+// each sk_lookup program costs per lookup in these real connects.
 //
 // Run it through bench/dispatch-bench.sh (root).
 package main
@@ -43,7 +49,9 @@ import (
 
 var (
 	connects = flag.Int("connects", 20000, "connections per contender and scenario")
-	rounds   = flag.Int("rounds", 20, "latency rounds (contenders alternate every round)")
+	blocks   = flag.Int("blocks", 20, "blocks the connections are cut into for the paired per-block comparison")
+	batch    = flag.Int("batch", 50, "connects to one contender before the client moves to the next")
+	pin      = flag.Bool("pin", true, "run the client on CPU 0 and the services on the other CPUs")
 	only     = flag.String("scenario", "all", "ports, prefix or all")
 	nPorts   = flag.Int("ports", 65535, "ports in the ports scenario")
 	child    = flag.String("child", "", "internal: listen on the destinations in `FILE` inside -child-ns")
@@ -194,41 +202,84 @@ type contender struct {
 	failures int
 	fds      []int
 	d        *dispatch.Dispatcher
+	prog     *ebpf.Program // the sk_lookup program, when there is one
 	cmds     []*exec.Cmd
 	stdins   []io.WriteCloser
 	closers  []io.Closer
 }
 
-// connectRound makes n connections to random destinations of c from
-// 127.0.0.1 and records connect() latencies.
-func (c *contender) connectRound(n int, rng *rand.Rand) error {
-	return c.ns.do(func() error {
-		for range n {
-			dst := c.dsts[rng.IntN(len(c.dsts))]
-			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
-			if err != nil {
-				return err
+// connectOnce makes one connection to a random destination of c from
+// 127.0.0.1 and records its connect() latency. The calling thread must be
+// in c's namespace.
+func (c *contender) connectOnce(rng *rand.Rand) error {
+	dst := c.dsts[rng.IntN(len(c.dsts))]
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	// Source 127.0.0.1: in the ports scenario every port of the
+	// destination address is taken by a listener.
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		return err
+	}
+	start := time.Now()
+	err = unix.Connect(fd, &unix.SockaddrInet4{Addr: dst.Addr().As4(), Port: int(dst.Port())})
+	el := time.Since(start)
+	if err != nil {
+		c.failures++
+	} else {
+		c.lat = append(c.lat, el)
+	}
+	// RST on close: no TIME_WAIT pile-up over a long run.
+	return unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+}
+
+// measure makes n connections per contender from one OS thread that
+// moves into a contender's namespace before each connection, interleaving
+// the contenders connection by connection (in an order that rotates) so
+// that drift in the machine's load, frequency or caches hits all of them
+// alike. With -pin the thread runs on CPU 0 and the services on the
+// other CPUs, so the scheduler's placement is the same for every
+// contender. The thread is never unlocked: it leaves with the goroutine.
+func measure(all []*contender, n int) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		errc <- func() error {
+			if *pin {
+				if err := pinThread(0, clientCPU); err != nil {
+					return err
+				}
 			}
-			// Source 127.0.0.1: in the ports scenario every port of the
-			// destination address is taken by a listener.
-			if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-				unix.Close(fd)
-				return err
+			fds := make([]int, len(all))
+			for i, c := range all {
+				f, err := os.Open(c.ns.path)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				fds[i] = int(f.Fd())
 			}
-			start := time.Now()
-			err = unix.Connect(fd, &unix.SockaddrInet4{Addr: dst.Addr().As4(), Port: int(dst.Port())})
-			el := time.Since(start)
-			if err != nil {
-				c.failures++
-			} else {
-				c.lat = append(c.lat, el)
+			rng := rand.New(rand.NewPCG(1, 2))
+			b := max(*batch, 1)
+			for k := 0; k < n; k += b {
+				for i := range all {
+					j := (i + k/b) % len(all)
+					if err := unix.Setns(fds[j], unix.CLONE_NEWNET); err != nil {
+						return err
+					}
+					for range min(b, n-k) {
+						if err := all[j].connectOnce(rng); err != nil {
+							return err
+						}
+					}
+				}
 			}
-			// RST on close: no TIME_WAIT pile-up over a long run.
-			unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
-			unix.Close(fd)
-		}
-		return nil
-	})
+			return nil
+		}()
+	}()
+	return <-errc
 }
 
 func (c *contender) close() {
@@ -294,7 +345,7 @@ func (c *contender) spawn(dsts []netip.AddrPort) error {
 	}
 	f.Close()
 	defer os.Remove(f.Name())
-	cmd := exec.Command("/proc/self/exe", "-child", f.Name(), "-child-ns", c.ns.path)
+	cmd := exec.Command("/proc/self/exe", "-child", f.Name(), "-child-ns", c.ns.path, fmt.Sprintf("-pin=%t", *pin))
 	cmd.Stderr = os.Stderr
 	stdin, _ := cmd.StdinPipe()
 	out, _ := cmd.StdoutPipe()
@@ -312,8 +363,13 @@ func (c *contender) spawn(dsts []netip.AddrPort) error {
 
 // runChild is a listener process: it listens on every destination in
 // file inside the namespace, says "ready", and accepts until stdin closes.
-func runChild(file, nsPath string) error {
+func runChild(file, nsPath string, pinned bool) error {
 	runtime.LockOSThread()
+	if pinned {
+		if err := pinServices(); err != nil {
+			return err
+		}
+	}
 	lim := unix.Rlimit{}
 	unix.Getrlimit(unix.RLIMIT_NOFILE, &lim)
 	lim.Cur = lim.Max
@@ -387,6 +443,11 @@ func dispatcherContender(name string, dsts []netip.AddrPort, bindings []dispatch
 		return nil, err
 	}
 	c.bpfMem = mapMemlock(c.d)
+	if c.prog, err = c.d.Program(); err != nil {
+		c.close()
+		return nil, err
+	}
+	c.closers = append(c.closers, c.prog)
 	return c, nil
 }
 
@@ -456,6 +517,7 @@ func bareContender(name string, dsts []netip.AddrPort) (*contender, error) {
 		return nil, err
 	}
 	c.closers = append(c.closers, prog)
+	c.prog = prog
 	err = n.do(func() error {
 		f, err := os.Open("/proc/thread-self/ns/net")
 		if err != nil {
@@ -605,27 +667,40 @@ func run(scenario string) error {
 		return err
 	}
 	defer bare.close()
-	all := []*contender{direct, socks, disp, dispOne, bare}
-	rng := rand.New(rand.NewPCG(1, 2))
-	// Warm-up, then alternate rounds.
+	// The A/A control: a second, identical direct listener. Whatever
+	// separates it from the baseline is the method's noise, not a cost.
+	control, err := socketsContender(fmt.Sprintf("sgbd-direct2-%d", pid), dsts[:1])
+	if err != nil {
+		return err
+	}
+	control.name = "direct listener, second copy (A/A control)"
+	defer control.close()
+	all := []*contender{direct, control, socks, disp, dispOne, bare}
+	if err := measure(all, 200); err != nil { // warm-up
+		return err
+	}
 	for _, c := range all {
-		if err := c.connectRound(200, rng); err != nil {
-			return err
-		}
 		c.lat, c.failures = nil, 0
 	}
-	// Rounds rotate the order too, so no contender always runs right
-	// after another's burst.
-	per := *connects / *rounds
-	for r := range *rounds {
-		for i := range all {
-			c := all[(i+r)%len(all)]
-			if err := c.connectRound(per, rng); err != nil {
-				return err
-			}
-		}
+	if err := measure(all, *connects); err != nil {
+		return err
 	}
-
+	// A separate, shorter phase prices the programs themselves in real
+	// connects with the kernel's run-time statistics, which cost every
+	// program run two clock reads and so stay off during the latency
+	// phase.
+	withProg := []*contender{disp, dispOne, bare}
+	lat := make([][]time.Duration, len(withProg))
+	for i, c := range withProg {
+		lat[i] = c.lat
+	}
+	progCost, err := programCost(withProg, max(*connects/5, 1000))
+	if err != nil {
+		return err
+	}
+	for i, c := range withProg {
+		c.lat = lat[i]
+	}
 	fmt.Printf("\n### %s: %s\n\n", scenario, map[string]string{
 		"ports":  fmt.Sprintf("ports 1-%d of 198.18.0.1", *nPorts),
 		"prefix": "198.18.1.0/24 port 80",
@@ -644,19 +719,121 @@ func run(scenario string) error {
 			float64(c.mem)/(1<<20), bpf, len(c.lat), c.failures,
 			percentile(c.lat, 0.5).Round(100*time.Nanosecond), percentile(c.lat, 0.99).Round(100*time.Nanosecond))
 	}
-	ratio := func(a, b *contender, p float64) float64 {
-		return 100 * (float64(percentile(a.lat, p))/float64(percentile(b.lat, p)) - 1)
+	fmt.Printf("\nAgainst the direct listener, same destination (whole run; per block of %d connects: median [min-max]):\n\n", *connects / *blocks)
+	fmt.Println("| contender | p50 | p99 | p50 per block |")
+	fmt.Println("|---|---|---|---|")
+	for _, c := range []*contender{control, bare, dispOne} {
+		med, lo, hi := blockRatios(c.lat, direct.lat, *blocks)
+		fmt.Printf("| %s | %+.1f%% | %+.1f%% | %+.1f%% [%+.1f%% to %+.1f%%] |\n", c.name,
+			ratio(c.lat, direct.lat, 0.5), ratio(c.lat, direct.lat, 0.99), med, lo, hi)
 	}
-	fmt.Printf("\nbare sk_lookup program vs direct listener, same destination: p50 %+.1f%%, p99 %+.1f%%\n", ratio(bare, direct, 0.5), ratio(bare, direct, 0.99))
-	fmt.Printf("dispatcher vs direct listener, same destination: p50 %+.1f%%, p99 %+.1f%%\n", ratio(dispOne, direct, 0.5), ratio(dispOne, direct, 0.99))
-	fmt.Printf("dispatcher vs %s, same destinations: p50 %+.1f%%, p99 %+.1f%%\n", socks.name, ratio(disp, socks, 0.5), ratio(disp, socks, 0.99))
+	fmt.Printf("\ndispatcher vs %s, same destinations: p50 %+.1f%%, p99 %+.1f%%\n", socks.name,
+		ratio(disp.lat, socks.lat, 0.5), ratio(disp.lat, socks.lat, 0.99))
+	fmt.Printf("\nProgram run time per lookup in real connects (the kernel's bpf_stats):\n\n")
+	fmt.Println("| program | runs | ns/run |")
+	fmt.Println("|---|---|---|")
+	for i, c := range withProg {
+		fmt.Printf("| %s | %d | %.0f |\n", c.name, progCost[i].RunCount, float64(progCost[i].Runtime)/float64(max(progCost[i].RunCount, 1)))
+	}
+	return nil
+}
+
+// programCost makes n more connections per contender with the kernel's
+// BPF run-time statistics on, and returns what each contender's program
+// accumulated over them.
+func programCost(cs []*contender, n int) ([]ebpf.ProgramStats, error) {
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		return nil, fmt.Errorf("enable BPF run-time statistics: %w", err)
+	}
+	defer stats.Close()
+	before := make([]*ebpf.ProgramStats, len(cs))
+	for i, c := range cs {
+		if before[i], err = c.prog.Stats(); err != nil {
+			return nil, err
+		}
+	}
+	if err := measure(cs, n); err != nil {
+		return nil, err
+	}
+	out := make([]ebpf.ProgramStats, len(cs))
+	for i, c := range cs {
+		after, err := c.prog.Stats()
+		if err != nil {
+			return nil, err
+		}
+		out[i] = ebpf.ProgramStats{Runtime: after.Runtime - before[i].Runtime, RunCount: after.RunCount - before[i].RunCount}
+	}
+	return out, nil
+}
+
+// ratio is how much a's p-quantile exceeds b's, in percent.
+func ratio(a, b []time.Duration, p float64) float64 {
+	return 100 * (float64(percentile(a, p))/float64(percentile(b, p)) - 1)
+}
+
+// blockRatios cuts two interleaved latency series into n blocks and
+// compares their medians block by block: a paired comparison, since both
+// blocks ran over the same stretch of time. It returns the median, the
+// smallest and the largest of the per-block ratios, in percent.
+func blockRatios(a, b []time.Duration, n int) (med, lo, hi float64) {
+	size := min(len(a), len(b)) / max(n, 1)
+	if size == 0 {
+		return 0, 0, 0
+	}
+	var rs []float64
+	for i := 0; i+size <= min(len(a), len(b)); i += size {
+		rs = append(rs, ratio(a[i:i+size], b[i:i+size], 0.5))
+	}
+	sort.Float64s(rs)
+	return rs[len(rs)/2], rs[0], rs[len(rs)-1]
+}
+
+// clientCPU is the CPU the client thread runs on with -pin; the services
+// get every other CPU.
+const clientCPU = 0
+
+// pinThread restricts thread tid (0: the calling thread) to one CPU.
+func pinThread(tid, cpu int) error {
+	var set unix.CPUSet
+	set.Set(cpu)
+	if err := unix.SchedSetaffinity(tid, &set); err != nil {
+		return fmt.Errorf("pin thread %d to CPU %d: %w", tid, cpu, err)
+	}
+	return nil
+}
+
+// pinServices keeps every thread of this process off the client's CPU.
+// Threads created later inherit the mask of the thread that creates them.
+func pinServices() error {
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		return err
+	}
+	set.Clear(clientCPU)
+	if set.Count() == 0 {
+		return nil // one CPU: nothing to separate
+	}
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return err
+	}
+	for _, t := range tasks {
+		tid, err := strconv.Atoi(t.Name())
+		if err != nil {
+			continue
+		}
+		if err := unix.SchedSetaffinity(tid, &set); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("pin service thread %d: %w", tid, err)
+		}
+	}
 	return nil
 }
 
 func main() {
 	flag.Parse()
 	if *child != "" {
-		if err := runChild(*child, *childNS); err != nil {
+		if err := runChild(*child, *childNS, *pin); err != nil {
 			fmt.Fprintln(os.Stderr, "dispatch-bench child:", err)
 			os.Exit(1)
 		}
