@@ -20,8 +20,6 @@ type node struct {
 	branches int
 	done     bool
 	insn     int
-	hit      int
-	miss     int
 	// read marks, per frame, the stack bytes (kind indexes) that some
 	// path from this node read before... possibly writing them: only
 	// these must match for a later state to be covered (the kernel's
@@ -113,7 +111,7 @@ type verifier struct {
 	// scratch space for state comparisons
 	liveBuf []uint16
 	ids     idMap
-	cache   [][]*node
+	cache   [][]cacheEntry
 	nextID  uint32
 	queue   []pending
 
@@ -181,7 +179,7 @@ func (v *verifier) finish(n *node) {
 }
 
 func (v *verifier) run() error {
-	v.cache = make([][]*node, len(v.p.insns))
+	v.cache = make([][]cacheEntry, len(v.p.insns))
 	st := &state{frames: []*frame{{callsite: -1}}}
 	f := st.frames[0]
 	f.regs[asm.R1] = reg{typ: ptrCtx}
@@ -227,19 +225,36 @@ func (v *verifier) walk(i int) error {
 	}
 }
 
+// cacheEntry is one stored state of an instruction's pruning cache, with
+// the signature of its innermost frame's registers kept inline: most
+// comparisons fail on a register, and the signature lets them fail
+// without touching the stored state (which a large cache has long
+// evicted from the CPU caches).
+type cacheEntry struct {
+	sig       [11]regSig
+	n         *node
+	hit, miss int
+}
+
 // checkCache prunes the path when a verified state at i covers it, rejects
 // a loop whose state repeats, and otherwise stores the state.
 func (v *verifier) checkCache(i int) (bool, error) {
 	live := v.p.liveMasks(v.cur, i, v.liveBuf[:0])
 	v.liveBuf = live
+	var sig [11]regSig
+	top := &v.cur.cur().regs
+	for r := range top {
+		sig[r] = top[r].sig()
+	}
+	topLive := live[len(live)-1]
 	list := v.cache[i]
 	for k := 0; k < len(list); k++ {
-		n := list[k]
-		if !n.st.covers(v.cur, live, &v.ids, n.read) {
-			n.miss++
+		e := &list[k]
+		if !sigCovers(&e.sig, &sig, topLive) || !e.n.st.covers(v.cur, live, &v.ids, e.n.read) {
+			e.miss++
 			// Like the kernel, forget verified states that keep
 			// missing: dropping a cache entry only costs time.
-			if n.done && n.miss > n.hit*8+32 {
+			if e.miss > e.hit*8+32 && e.n.done {
 				list[k] = list[len(list)-1]
 				list = list[:len(list)-1]
 				v.cache[i] = list
@@ -248,8 +263,9 @@ func (v *verifier) checkCache(i int) (bool, error) {
 			}
 			continue
 		}
+		n := e.n
 		if n.done {
-			n.hit++
+			e.hit++
 			// The pruned path continues as n's did: what n's
 			// continuations read, this path's ancestors need.
 			for fi := range n.read {
@@ -278,7 +294,7 @@ func (v *verifier) checkCache(i int) (bool, error) {
 		}
 	}
 	n := &node{st: v.cur.clone(), parent: v.parent, branches: 1, insn: i, read: make([]stackBits, len(v.cur.frames)), wroteBefore: v.written}
-	v.cache[i] = append(v.cache[i], n)
+	v.cache[i] = append(v.cache[i], cacheEntry{sig: sig, n: n})
 	v.parent = n
 	v.written = [maxCallFrames]stackBits{}
 	v.totalStates++
@@ -1047,7 +1063,8 @@ func (v *verifier) stackAccess(i int, base reg, off, size int64, write bool, val
 	slot := lo / 8
 	f.grow(hi)
 	if write {
-		v.markWritten(base.frame, lo, hi)
+		f.own()
+		v.markWritten(int(base.frame), lo, hi)
 		if size == 8 {
 			f.spill[slot] = *val
 			for k := lo; k < hi; k++ {
@@ -1074,7 +1091,7 @@ func (v *verifier) stackAccess(i int, base reg, off, size int64, write bool, val
 		}
 		return reg{}, nil
 	}
-	v.markRead(base.frame, lo, hi)
+	v.markRead(int(base.frame), lo, hi)
 	if f.kind[lo] == stackSpill {
 		sp := f.spill[slot]
 		if size == 8 {

@@ -287,7 +287,7 @@ func (v *verifier) callHelper(i int, fn asm.BuiltinFunc) error {
 		st.forEachReg(func(r *reg) {
 			if r.ref == releaseRef {
 				*r = scalarReg(unknownScalar())
-				r.released = i + 1
+				r.released = int32(i + 1)
 			}
 		})
 	}
@@ -392,9 +392,10 @@ func (v *verifier) checkMem(i, a int, rn asm.Register, r reg, size int64, uninit
 		lo, hi := int(-o-size), int(-o)
 		f.grow(hi)
 		if !uninit {
-			v.markRead(r.frame, lo, hi)
+			v.markRead(int(r.frame), lo, hi)
 		} else {
-			v.markWritten(r.frame, lo, hi)
+			f.own()
+			v.markWritten(int(r.frame), lo, hi)
 		}
 		for k := lo; k < hi; k++ {
 			if uninit {

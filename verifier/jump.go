@@ -395,7 +395,7 @@ func (v *verifier) exit(i int) (int, error) {
 		st.frames = st.frames[:depth]
 		var escaped bool
 		st.forEachReg(func(r *reg) {
-			if r.typ == ptrStack && r.frame >= depth {
+			if r.typ == ptrStack && int(r.frame) >= depth {
 				escaped = true
 			}
 		})
@@ -460,7 +460,7 @@ func (v *verifier) callSubprog(i int) (int, error) {
 	for r := asm.R1; r <= asm.R5; r++ {
 		f.regs[r] = caller.regs[r]
 	}
-	f.regs[asm.RFP] = reg{typ: ptrStack, frame: len(v.cur.frames)}
+	f.regs[asm.RFP] = reg{typ: ptrStack, frame: uint8(len(v.cur.frames))}
 	v.cur.frames = append(v.cur.frames, f)
 	v.addPath(target)
 	return target, nil

@@ -2,6 +2,7 @@ package verifier
 
 import (
 	"fmt"
+	"math"
 	"slices"
 )
 
@@ -115,34 +116,37 @@ type mapInfo struct {
 	data []byte
 }
 
-// reg is the abstract value of one register or spilled stack slot.
+// reg is the abstract value of one register or spilled stack slot. States
+// are copied at every fork and stored state, so the fields are ordered
+// and sized to keep it small (88 bytes).
 type reg struct {
-	typ regType
 	// val is the value of a scalar, and the variable part of a pointer's
 	// offset (for packet and map-value pointers).
 	val scalar
 	// off is the pointer's fixed offset.
 	off int64
+	// rng is the number of bytes past off proven inside the packet
+	// (packet pointers) — the kernel's reg->range.
+	rng int64
+	// memSize is the size of ringbuf memory.
+	memSize int64
 	// id links copies of a pointer that may be NULL or has a variable
 	// offset, so a check on one applies to all.
 	id uint32
 	// ref is the reference id (ref_obj_id): non-zero for pointers that own
 	// or derive from an acquired reference.
 	ref uint32
-	// rng is the number of bytes past off proven inside the packet
-	// (packet pointers) — the kernel's reg->range.
-	rng int64
+	// released is 1 + the instruction index of the release that turned
+	// this former socket pointer into a number, for diagnostics.
+	released int32
 	// mid indexes program.mapTab: the map of map pointers and map
 	// values. (An index, not a pointer, keeps states pointer-free, so
 	// copying them needs no GC write barriers.)
 	mid uint16
-	// memSize is the size of ringbuf memory.
-	memSize int64
-	// frame is the call frame a stack pointer points into.
-	frame int
-	// released is 1 + the instruction index of the release that turned
-	// this former socket pointer into a number, for diagnostics.
-	released int
+	typ regType
+	// frame is the call frame a stack pointer points into (below
+	// maxCallFrames).
+	frame uint8
 }
 
 func (r *reg) String() string {
@@ -184,16 +188,41 @@ type frame struct {
 	// spill[s] is the register spilled into the slot fp-8(s+1) (bytes
 	// kind[8s..8s+7]); valid only when those bytes are stackSpill.
 	spill []reg
+	// shared is set when kind and spill may be shared with the frame of
+	// another state (clone shares them, copy on write): own must copy
+	// them before any write. Most forks and stored states never see
+	// their stack written before the path ends, and copying a few
+	// kilobytes of spill slots at each was the verifier's largest cost.
+	shared bool
 	// callsite is the instruction index of the call that made this frame.
 	callsite int
 	// subprog indexes program.subprogs.
 	subprog int
 }
 
+// own makes kind and spill private to this frame before a write.
+func (f *frame) own() {
+	if f.shared {
+		f.kind = slices.Clone(f.kind)
+		f.spill = slices.Clone(f.spill)
+		f.shared = false
+	}
+}
+
 // grow makes room for the top n bytes of the stack.
 func (f *frame) grow(n int) {
 	n = (n + 7) &^ 7
 	if n <= len(f.kind) {
+		return
+	}
+	if f.shared {
+		// Appending could write past the end into an array another
+		// state still reads: copy into new arrays instead.
+		kind := make([]byte, n)
+		copy(kind, f.kind)
+		spill := make([]reg, n/8)
+		copy(spill, f.spill)
+		f.kind, f.spill, f.shared = kind, spill, false
 		return
 	}
 	f.kind = append(f.kind, make([]byte, n-len(f.kind))...)
@@ -221,17 +250,21 @@ type refState struct {
 type state struct {
 	frames []*frame
 	refs   []refState
+	// tmp is forEachReg's scratch register.
+	tmp reg
 }
 
 func (s *state) cur() *frame { return s.frames[len(s.frames)-1] }
 
+// clone copies the state. The frames' stacks are shared with s until one
+// of the two writes to them (see frame.shared).
 func (s *state) clone() *state {
 	n := &state{frames: make([]*frame, len(s.frames)), refs: slices.Clone(s.refs)}
+	fs := make([]frame, len(s.frames))
 	for i, f := range s.frames {
-		c := *f
-		c.kind = slices.Clone(f.kind)
-		c.spill = slices.Clone(f.spill)
-		n.frames[i] = &c
+		f.shared = true
+		fs[i] = *f
+		n.frames[i] = &fs[i]
 	}
 	return n
 }
@@ -245,7 +278,20 @@ func (s *state) forEachReg(fn func(r *reg)) {
 		}
 		for i := range f.spill {
 			if f.kind[i*8] == stackSpill {
-				fn(&f.spill[i])
+				if !f.shared {
+					fn(&f.spill[i])
+					continue
+				}
+				// fn works on a copy: a shared stack is copied
+				// only when fn changes a spilled register. (The
+				// copy lives in the state: a local would escape
+				// to the heap through fn.)
+				s.tmp = f.spill[i]
+				fn(&s.tmp)
+				if s.tmp != f.spill[i] {
+					f.own()
+					f.spill[i] = s.tmp
+				}
 			}
 		}
 	}
@@ -305,6 +351,115 @@ func (old *reg) covers(cur *reg, ids *idMap) bool {
 	}
 }
 
+// slotKinds returns the kinds of the 8 bytes of stack slot s (bytes
+// 8s..8s+7), stackInvalid past the used part.
+func (f *frame) slotKinds(s int) [8]byte {
+	if 8*s+8 <= len(f.kind) {
+		return *(*[8]byte)(f.kind[8*s : 8*s+8])
+	}
+	return [8]byte{}
+}
+
+// stackCovers compares the stack bytes some path from old read (rd),
+// slot by slot: a slot whose read bytes are identical and hold no spill is
+// covered without looking at each byte, and a spilled register is
+// compared once per slot, not once per byte.
+func (of *frame) stackCovers(cf *frame, rd *stackBits, ids *idMap) bool {
+	n := (max(len(of.kind), len(cf.kind)) + 7) / 8
+	for s := 0; s < n; s++ {
+		mask := byte(rd[s/8] >> (8 * (s % 8)))
+		if mask == 0 {
+			// No path from old read this slot.
+			continue
+		}
+		ok8, ck8 := of.slotKinds(s), cf.slotKinds(s)
+		if ok8 == ck8 && ok8[0] != stackSpill {
+			continue
+		}
+		spillDone := false
+		for b := 0; b < 8; b++ {
+			if mask&(1<<b) == 0 {
+				continue
+			}
+			ok, ck := ok8[b], ck8[b]
+			switch {
+			case ok == stackInvalid:
+			case ok == stackMisc && (ck == stackMisc || ck == stackZero):
+			case ok == stackMisc && ck == stackSpill && cf.spill[s].typ == scalarT:
+			case ok == stackZero && ck == stackZero:
+			case ok == stackSpill && ck == stackSpill:
+				if !spillDone {
+					if !of.spill[s].covers(&cf.spill[s], ids) {
+						return false
+					}
+					spillDone = true
+				}
+			default:
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// regSig is the part of a register that most failed comparisons fail on:
+// its type, whether a scalar is a constant and which, a pointer's fixed
+// offset and packet range. sigCovers on two signatures is a necessary
+// condition of reg.covers, so a mismatch skips the full comparison.
+type regSig struct {
+	typ regType
+	cst bool
+	// rng is the packet range, clamped to int32 (clamping keeps the
+	// order that sigCovers compares).
+	rng int32
+	// v is a constant scalar's value or a pointer's off.
+	v uint64
+}
+
+func (r *reg) sig() regSig {
+	s := regSig{typ: r.typ}
+	switch r.typ {
+	case notInit:
+	case scalarT:
+		if r.val.isConst() {
+			s.cst, s.v = true, r.val.value()
+		}
+	default:
+		s.v = uint64(r.off)
+		s.rng = int32(min(max(r.rng, math.MinInt32), math.MaxInt32))
+	}
+	return s
+}
+
+// sigCovers reports false when some live register of old can't cover the
+// same register of cur (see reg.covers); true means "compare in full".
+func sigCovers(old, cur *[11]regSig, live uint16) bool {
+	for r := range old {
+		o, c := &old[r], &cur[r]
+		if live&(1<<r) == 0 || o.typ == notInit {
+			continue
+		}
+		if o.typ != c.typ {
+			return false
+		}
+		switch o.typ {
+		case scalarT:
+			if o.cst && (!c.cst || o.v != c.v) {
+				return false
+			}
+		case ptrPacket, ptrPacketMeta:
+			if o.v != c.v || o.rng > c.rng {
+				return false
+			}
+		default:
+			if o.v != c.v {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 // covers reports whether state old subsumes cur; live holds the registers
 // of each frame that may still be read.
 func (old *state) covers(cur *state, live []uint16, ids *idMap, read []stackBits) bool {
@@ -325,35 +480,8 @@ func (old *state) covers(cur *state, live []uint16, ids *idMap, read []stackBits
 				return false
 			}
 		}
-		n := max(len(of.kind), len(cf.kind))
-		rd := &read[fi]
-		for i := 0; i < n; i++ {
-			if i%8 == 0 && (rd[i/64]>>(i%64))&0xff == 0 {
-				// No path from old read this slot.
-				i += 7
-				continue
-			}
-			if (rd[i/64]>>(i%64))&1 == 0 {
-				continue
-			}
-			ok, ck := of.kindAt(i), cf.kindAt(i)
-			if i%8 == 0 && ok != stackSpill && i+8 <= len(of.kind) && i+8 <= len(cf.kind) &&
-				*(*[8]byte)(of.kind[i : i+8]) == *(*[8]byte)(cf.kind[i : i+8]) {
-				i += 7
-				continue
-			}
-			switch {
-			case ok == stackInvalid:
-			case ok == stackMisc && (ck == stackMisc || ck == stackZero):
-			case ok == stackMisc && ck == stackSpill && cf.spill[i/8].typ == scalarT:
-			case ok == stackZero && ck == stackZero:
-			case ok == stackSpill && ck == stackSpill:
-				if !of.spill[i/8].covers(&cf.spill[i/8], ids) {
-					return false
-				}
-			default:
-				return false
-			}
+		if !of.stackCovers(cf, &read[fi], ids) {
+			return false
 		}
 	}
 	for i := range old.refs {
