@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sockgate/sockgate/internal/nettest"
+	"github.com/sockgate/sockgate/internal/xdpfloor"
 )
 
 // packetsPerRun is how many times one BPF_PROG_TEST_RUN call runs the
@@ -418,4 +419,46 @@ func countName(n int) string {
 		return fmt.Sprintf("%dk", n/1_000)
 	}
 	return fmt.Sprint(n)
+}
+
+// BenchmarkFloor prices the least an address filter can do, to put the
+// per-packet target (a multiple of bare XDP_DROP) in proportion: bare
+// XDP_DROP; parse-compare, which bounds-checks the Ethernet and IPv4
+// headers, checks the EtherType and compares the source address with one
+// constant (a filter with nothing to look up); and parse-hash4, which
+// looks the source up in a hash of 4-byte addresses instead (the cheapest
+// lookup-based filter; see internal/xdpfloor). All three drop the frame.
+//
+//	go test -run '^$' -bench BenchmarkFloor -count 5 ./firewall/
+func BenchmarkFloor(b *testing.B) {
+	src := netip.MustParseAddr("172.16.0.1")
+	frame := benchFrame(src)
+	b.Run("bare-xdp-drop", func(b *testing.B) {
+		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+			Type:         ebpf.XDP,
+			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, xdpDrop), asm.Return()},
+			License:      "MIT",
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer prog.Close()
+		benchmarkFrame(b, prog, frame, xdpDrop)
+	})
+	b.Run("parse-compare", func(b *testing.B) {
+		prog, err := xdpfloor.NewCompare(src)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer prog.Close()
+		benchmarkFrame(b, prog, frame, xdpDrop)
+	})
+	b.Run("parse-hash4", func(b *testing.B) {
+		f, err := xdpfloor.NewHash([]netip.Addr{src})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		benchmarkFrame(b, f.Program, frame, xdpDrop)
+	})
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/sockgate/sockgate/firewall"
+	"github.com/sockgate/sockgate/internal/xdpfloor"
 )
 
 // contender is one filter under test on its own veth pair. setup installs
@@ -79,24 +80,44 @@ func readVethStats(t *topology, ifname string) (vethStats, error) {
 	return s, nil
 }
 
-// bare is a program that drops everything: the ceiling of the setup.
+// bare is a program that drops everything: the ceiling of the setup. With
+// floor set it is instead xdpfloor's hash filter over the same addresses
+// as the other contenders: the least any lookup-based filter can do (no
+// VLAN, options, IPv6, ports or counters), which prices the frame's
+// first read and one hash lookup in this pipeline.
 type bare struct {
-	t    *topology
-	p    vethPair
-	prog *ebpf.Program
-	l    link.Link
+	floor bool
+	t     *topology
+	p     vethPair
+	prog  *ebpf.Program
+	set   *ebpf.Map
+	l     link.Link
 }
 
-func (c *bare) name() string { return "bare XDP_DROP" }
-
-func (c *bare) setup(t *topology, p vethPair, _ []netip.Addr) error {
-	c.t, c.p = t, p
-	prog, err := xdpProgram(xdpDrop)
-	if err != nil {
-		return err
+func (c *bare) name() string {
+	if c.floor {
+		return "floor (parse + hash4)"
 	}
-	c.prog = prog
-	c.l, err = attachXDP(t, prog, p.rxIndex)
+	return "bare XDP_DROP"
+}
+
+func (c *bare) setup(t *topology, p vethPair, addrs []netip.Addr) error {
+	c.t, c.p = t, p
+	if c.floor {
+		f, err := xdpfloor.NewHash(addrs)
+		if err != nil {
+			return err
+		}
+		c.prog, c.set = f.Program, f.Set
+	} else {
+		prog, err := xdpProgram(xdpDrop)
+		if err != nil {
+			return err
+		}
+		c.prog = prog
+	}
+	var err error
+	c.l, err = attachXDP(t, c.prog, p.rxIndex)
 	return err
 }
 
@@ -112,6 +133,9 @@ func (c *bare) teardown() error {
 	}
 	if c.prog != nil {
 		errs = append(errs, c.prog.Close())
+	}
+	if c.set != nil {
+		errs = append(errs, c.set.Close())
 	}
 	return errors.Join(errs...)
 }

@@ -1,6 +1,7 @@
 // Command firewall-droprate measures how many frames per second an XDP
 // filter on a veth drops, for sockgate's firewall and its peers side by
-// side in one run: a bare XDP_DROP program (the ceiling), sockgate in deny
+// side in one run: a bare XDP_DROP program (the ceiling), the cheapest
+// possible lookup-based filter (internal/xdpfloor: the floor), sockgate in deny
 // mode, xdp-filter, and an nftables netdev-ingress set, each with the same
 // exact source-address rules, the generated frames' source among them.
 //
@@ -54,12 +55,14 @@ type options struct {
 	batch      uint
 }
 
-var allContenders = []string{"bare", "sockgate", "xdp-filter", "nftables"}
+var allContenders = []string{"bare", "floor", "sockgate", "xdp-filter", "nftables"}
 
 func newContender(name string) contender {
 	switch name {
 	case "bare":
 		return &bare{}
+	case "floor":
+		return &bare{floor: true}
 	case "sockgate":
 		return &sockgate{}
 	case "xdp-filter":
