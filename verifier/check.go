@@ -3,6 +3,7 @@ package verifier
 import (
 	"fmt"
 	"math"
+	"math/bits"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -20,6 +21,19 @@ type node struct {
 	branches int
 	done     bool
 	insn     int
+	// id numbers nodes from 1, for reg.gen.
+	id uint32
+	// precise marks (as precBits) the scalar registers and spill slots
+	// of the innermost frame whose values some path from this node used
+	// (markPrecise): only these are compared by value, any other scalar
+	// covers any scalar. A node with more than one frame has every bit
+	// set. It is final once the node is done.
+	precise uint64
+	// origR[r] and origS[s] are the precision origins of register r and
+	// spill slot s of the innermost frame when this node was stored:
+	// what in parent they derive from.
+	origR [11]uint64
+	origS []uint64
 	// read marks, per frame, the stack bytes (kind indexes) that some
 	// path from this node read before... possibly writing them: only
 	// these must match for a later state to be covered (the kernel's
@@ -113,7 +127,9 @@ type verifier struct {
 	ids     idMap
 	cache   [][]cacheEntry
 	nextID  uint32
-	queue   []pending
+	// nodes counts stored nodes, for node.id.
+	nodes uint32
+	queue []pending
 
 	// current path
 	cur    *state
@@ -234,6 +250,9 @@ type cacheEntry struct {
 	sig       [11]regSig
 	n         *node
 	hit, miss int
+	// precise is n.precise, copied once n is done (final set).
+	precise uint64
+	final   bool
 }
 
 // checkCache prunes the path when a verified state at i covers it, rejects
@@ -250,11 +269,20 @@ func (v *verifier) checkCache(i int) (bool, error) {
 	list := v.cache[i]
 	for k := 0; k < len(list); k++ {
 		e := &list[k]
-		if !sigCovers(&e.sig, &sig, topLive) || !e.n.st.covers(v.cur, live, &v.ids, e.n.read) {
+		if !e.final && e.n.done {
+			e.precise, e.final = e.n.precise, true
+		}
+		// A node still being explored is compared in full: only the
+		// loop check uses it, and its precise set isn't final yet.
+		precise := allPrecise
+		if e.final {
+			precise = e.precise
+		}
+		if !sigCovers(&e.sig, &sig, topLive, precise) || !e.n.st.covers(v.cur, live, &v.ids, e.n.read, precise) {
 			e.miss++
 			// Like the kernel, forget verified states that keep
 			// missing: dropping a cache entry only costs time.
-			if e.miss > e.hit*8+32 && e.n.done {
+			if e.miss > e.hit*8+32 && e.final {
 				list[k] = list[len(list)-1]
 				list = list[:len(list)-1]
 				v.cache[i] = list
@@ -264,7 +292,7 @@ func (v *verifier) checkCache(i int) (bool, error) {
 			continue
 		}
 		n := e.n
-		if n.done {
+		if e.final {
 			e.hit++
 			// The pruned path continues as n's did: what n's
 			// continuations read, this path's ancestors need.
@@ -275,6 +303,28 @@ func (v *verifier) checkCache(i int) (bool, error) {
 				}
 				v.orRead(fi, &want)
 			}
+			// So do the values n compared: its precise registers
+			// and slots, and everything of the outer frames.
+			var need uint64
+			for fi, f := range v.cur.frames {
+				prec := allPrecise
+				if fi == len(v.cur.frames)-1 {
+					prec = precise
+				}
+				for r := range f.regs {
+					if live[fi]&(1<<r) != 0 && prec&(1<<r) != 0 {
+						need |= f.regs[r].orig
+					}
+				}
+				rd := &n.read[fi]
+				for sl := range f.spill {
+					if byte(rd[sl/8]>>(8*(sl%8))) != 0 && f.kind[8*sl] == stackSpill &&
+						(sl >= trackedSlots || prec&slotBit(sl) != 0) {
+						need |= v.spillOrig(&f.spill[sl], sl)
+					}
+				}
+			}
+			v.markPrecise(need)
 			return true, nil
 		}
 		for a := v.parent; a != nil; a = a.parent {
@@ -295,12 +345,96 @@ func (v *verifier) checkCache(i int) (bool, error) {
 	}
 	n := &node{st: v.cur.clone(), parent: v.parent, branches: 1, insn: i, read: make([]stackBits, len(v.cur.frames)), wroteBefore: v.written}
 	v.cache[i] = append(v.cache[i], cacheEntry{sig: sig, n: n})
+	v.nodes++
+	n.id = v.nodes
+	if len(v.cur.frames) == 1 {
+		// Values get their origins relative to n: a register its own
+		// bit (spilled registers do by their gen, see spillOrig).
+		f := v.cur.frames[0]
+		for r := range f.regs {
+			rg := &f.regs[r]
+			n.origR[r] = rg.orig
+			rg.orig = 0
+			if rg.typ == scalarT {
+				rg.orig = 1 << r
+			}
+		}
+		n.origS = make([]uint64, min(len(f.spill), trackedSlots))
+		for sl := range n.origS {
+			if f.kind[8*sl] == stackSpill {
+				n.origS[sl] = v.spillOrig(&f.spill[sl], sl)
+			}
+		}
+	} else {
+		// Inside a bpf-to-bpf call precision is not tracked: n
+		// compares everything, so everything it holds is precise in
+		// the parent, and its registers derive from nothing.
+		n.precise = allPrecise
+		var need uint64
+		for _, f := range v.cur.frames {
+			for r := range f.regs {
+				need |= f.regs[r].orig
+				f.regs[r].orig = 0
+			}
+			for sl := range f.spill {
+				if f.kind[8*sl] == stackSpill {
+					need |= v.spillOrig(&f.spill[sl], sl)
+				}
+			}
+		}
+		v.markPrecise(need)
+	}
 	v.parent = n
 	v.written = [maxCallFrames]stackBits{}
 	v.totalStates++
 	v.curStates++
 	v.peakStates = max(v.peakStates, v.curStates)
 	return false, nil
+}
+
+// markPrecise records that values with precision origin need (see
+// reg.orig) were used: those registers and slots become precise in the
+// current path's last stored node, what they derive from in that node's
+// parent, and so on up, as the kernel's mark_chain_precision does by
+// backtracking. A node that already had a bit passed it on then.
+func (v *verifier) markPrecise(need uint64) {
+	for n := v.parent; n != nil && need != 0; n = n.parent {
+		need &^= n.precise
+		if need == 0 {
+			return
+		}
+		n.precise |= need
+		var up uint64
+		for b := need; b != 0; b &= b - 1 {
+			k := bits.TrailingZeros64(b)
+			if k < 11 {
+				up |= n.origR[k]
+			} else if k-11 < len(n.origS) {
+				up |= n.origS[k-11]
+			}
+		}
+		need = up
+	}
+}
+
+// spillOrig is the precision origin, relative to the current parent, of
+// the register spilled in slot sl of a frame. A spill written since the
+// parent was stored (gen is the parent's id) carries its origin; an older
+// one derives from the slot itself in the parent. (That is the slot of
+// the parent's innermost frame: a parent with one frame has no other,
+// and a parent with more has every bit precise.)
+func (v *verifier) spillOrig(sp *reg, sl int) uint64 {
+	if sp.gen == v.parentID() {
+		return sp.orig
+	}
+	return slotBit(sl)
+}
+
+func (v *verifier) parentID() uint32 {
+	if v.parent == nil {
+		return 0
+	}
+	return v.parent.id
 }
 
 // fork queues the other successor of a branch with state st.
@@ -394,7 +528,7 @@ func (v *verifier) alu(i int, ins asm.Instruction) error {
 				res = unknownScalar()
 			}
 		}
-		return v.writeReg(i, ins.Dst, scalarReg(res))
+		return v.writeReg(i, ins.Dst, scalarFrom(res, d.orig))
 	}
 	// Source operand.
 	var src reg
@@ -422,7 +556,7 @@ func (v *verifier) alu(i int, ins asm.Instruction) error {
 			if !is64 {
 				res = res.trunc32()
 			}
-			return v.writeReg(i, ins.Dst, scalarReg(res))
+			return v.writeReg(i, ins.Dst, scalarFrom(res, src.orig))
 		}
 		if is64 {
 			if src.typ == scalarT {
@@ -434,7 +568,7 @@ func (v *verifier) alu(i int, ins asm.Instruction) error {
 			// A 32-bit copy of a pointer is an unknown number.
 			return v.writeReg(i, ins.Dst, scalarReg(rangeScalar(math.MaxUint32)))
 		}
-		return v.writeReg(i, ins.Dst, scalarReg(src.val.trunc32()))
+		return v.writeReg(i, ins.Dst, scalarFrom(src.val.trunc32(), src.orig))
 	}
 	if (aop == asm.LSh || aop == asm.RSh || aop == asm.ArSh) && op.Source() == asm.ImmSource {
 		width := int64(32)
@@ -462,17 +596,21 @@ func (v *verifier) alu(i int, ins asm.Instruction) error {
 		aop = asm.Sub
 	}
 	if dst.typ != scalarT || src.typ != scalarT {
+		// The scalar's value decides the pointer's offset (or the
+		// rejection): it must be precise.
+		v.markPrecise(dst.orig | src.orig)
 		res, err := v.ptrALU(i, ins, aop, is64, dst, src)
 		if err != nil {
 			return err
 		}
+		res.orig = 0
 		return v.writeReg(i, ins.Dst, res)
 	}
 	res, ok := scalarALU(aop, is64, dst.val, src.val)
 	if !ok {
 		return v.reject(i, "unsupported-insn", "ALU operation %v is not supported", aop)
 	}
-	return v.writeReg(i, ins.Dst, scalarReg(res))
+	return v.writeReg(i, ins.Dst, scalarFrom(res, dst.orig|src.orig))
 }
 
 func swapConst(v uint64, width int, be bool) uint64 {
@@ -860,6 +998,12 @@ func (v *verifier) ldx(i int, ins asm.Instruction) error {
 	if op.Mode() == asm.MemSXMode && res.typ == scalarT {
 		res.val = res.val.sext(int(size))
 	}
+	// Only a fill from the stack (stackAccess) gives the value a
+	// precision origin: everything else loaded derives from nothing the
+	// state holds.
+	if base.typ != ptrStack {
+		res.orig = 0
+	}
 	return v.writeReg(i, ins.Dst, res)
 }
 
@@ -1066,7 +1210,16 @@ func (v *verifier) stackAccess(i int, base reg, off, size int64, write bool, val
 		f.own()
 		v.markWritten(int(base.frame), lo, hi)
 		if size == 8 {
+			// A spilled register keeps its precision origin,
+			// relative to the current parent (gen), except in
+			// slots without a precision bit, which are always
+			// compared in full.
 			f.spill[slot] = *val
+			f.spill[slot].gen = v.parentID()
+			if slot >= trackedSlots {
+				v.markPrecise(val.orig)
+				f.spill[slot].orig = 0
+			}
 			for k := lo; k < hi; k++ {
 				f.kind[k] = stackSpill
 			}
@@ -1075,6 +1228,9 @@ func (v *verifier) stackAccess(i int, base reg, off, size int64, write bool, val
 		if val.typ != scalarT {
 			return reg{}, v.reject(i, "partial-spill", "spilling pointer %s with a %d-byte store", val.typ, size)
 		}
+		// The stack keeps whether the stored value is zero, and
+		// bytes that aren't spills are compared in full.
+		v.markPrecise(val.orig)
 		if f.kind[slot*8] == stackSpill {
 			// A partial store breaks a spill apart; the rest of
 			// the slot reads back as an unknown number.
@@ -1094,6 +1250,7 @@ func (v *verifier) stackAccess(i int, base reg, off, size int64, write bool, val
 	v.markRead(int(base.frame), lo, hi)
 	if f.kind[lo] == stackSpill {
 		sp := f.spill[slot]
+		sp.orig, sp.gen = v.spillOrig(&sp, slot), 0
 		if size == 8 {
 			return sp, nil
 		}
@@ -1104,7 +1261,7 @@ func (v *verifier) stackAccess(i int, base reg, off, size int64, write bool, val
 			// Byte j of the spilled value sits at fp-8(slot+1)+j.
 			j := uint(8*(slot+1) + int(o))
 			c := sp.val.value() >> (8 * j)
-			return scalarReg(constScalar(c & (uint64(1)<<(8*uint(size)) - 1))), nil
+			return scalarFrom(constScalar(c&(uint64(1)<<(8*uint(size))-1)), sp.orig), nil
 		}
 		return scalarReg(loadedScalar(size)), nil
 	}

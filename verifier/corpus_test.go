@@ -307,7 +307,7 @@ func kernelLoad(t *testing.T, c corpusCase, insns asm.Instructions) error {
 }
 
 func TestCorpus(t *testing.T) {
-	cases := append(corpus(), regressions()...)
+	cases := append(append(corpus(), regressions()...), precisionCases()...)
 	for _, c := range append(cases, safetyCases()...) {
 		t.Run(c.name, func(t *testing.T) {
 			insns := make(asm.Instructions, len(c.insns))

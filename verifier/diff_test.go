@@ -324,7 +324,8 @@ func diffMap(t testing.TB) *ebpf.Map {
 }
 
 // TestDifferential runs a fixed set of generated programs (DIFF_N of
-// them, default 300) through both verifiers. It fails on any program this
+// them, default 300, from seed DIFF_SEED, default 1) through both
+// verifiers. It fails on any program this
 // verifier accepts and the kernel rejects, and logs the false-rejection
 // rate.
 func TestDifferential(t *testing.T) {
@@ -332,9 +333,14 @@ func TestDifferential(t *testing.T) {
 	if v, err := strconv.Atoi(os.Getenv("DIFF_N")); err == nil {
 		n = v
 	}
+	// DIFF_SEED varies the programs for longer runs by hand.
+	seed := uint64(1)
+	if v, err := strconv.ParseUint(os.Getenv("DIFF_SEED"), 10, 64); err == nil {
+		seed = v
+	}
 	m := diffMap(t)
 	defer m.Close()
-	rng := rand.New(rand.NewPCG(1, 2))
+	rng := rand.New(rand.NewPCG(seed, 2))
 	var both, onlyKernel, neither, unsound int
 	reasons := map[string]int{}
 	bothRules := map[string]int{}

@@ -273,6 +273,15 @@ func (v *verifier) callHelper(i int, fn asm.BuiltinFunc) error {
 			releaseRef = r.ref
 		}
 	}
+	// Every argument other than "anything" was checked by value (sizes,
+	// constants, NULL): those values must be precise.
+	var need uint64
+	for a := 0; a < 5 && p.args[a] != argNone; a++ {
+		if p.args[a] != argAnything {
+			need |= regs[asm.R1+asm.Register(a)].orig
+		}
+	}
+	v.markPrecise(need)
 	if fn == asm.FnTailCall {
 		if len(st.refs) > 0 {
 			ref := st.refs[0]

@@ -52,8 +52,10 @@ func (v *verifier) jump(i int, ins asm.Instruction) (int, error) {
 	// Scalar comparisons are decided on values first, so the state is
 	// copied only when both branches are possible.
 	if d.typ == scalarT && s.typ == scalarT {
-		return v.scalarJump(i, ins, jop, is32, srcReg, d.val, s.val)
+		return v.scalarJump(i, ins, jop, is32, srcReg, d.val, s.val, d.orig|s.orig)
 	}
+	// A scalar compared with a pointer may decide a NULL check.
+	v.markPrecise(d.orig | s.orig)
 	taken, fall := v.cur.clone(), v.cur
 
 	switch {
@@ -102,8 +104,9 @@ func (v *verifier) jump(i int, ins asm.Instruction) (int, error) {
 	return -1, nil
 }
 
-// scalarJump handles a comparison of two numbers.
-func (v *verifier) scalarJump(i int, ins asm.Instruction, jop asm.JumpOp, is32, srcReg bool, a, b scalar) (int, error) {
+// scalarJump handles a comparison of two numbers; orig is the union of
+// their precision origins.
+func (v *verifier) scalarJump(i int, ins asm.Instruction, jop asm.JumpOp, is32, srcReg bool, a, b scalar, orig uint64) (int, error) {
 	target := v.p.target[i]
 	takenOK, fallOK := true, true
 	var ta, tb, fa, fb scalar
@@ -125,10 +128,19 @@ func (v *verifier) scalarJump(i int, ins asm.Instruction, jop asm.JumpOp, is32, 
 		if !refined {
 			return
 		}
-		st.cur().regs[ins.Dst].val = x
+		regs := &st.cur().regs
+		regs[ins.Dst].val = x
 		if srcReg {
-			st.cur().regs[ins.Src].val = y
+			// Each operand is now bounded by the other's value.
+			regs[ins.Src].val = y
+			regs[ins.Dst].orig = orig
+			regs[ins.Src].orig = orig
 		}
+	}
+	if !takenOK || !fallOK {
+		// The values decided which branches exist (the kernel marks
+		// the operands precise for a known branch outcome too).
+		v.markPrecise(orig)
 	}
 	switch {
 	case takenOK && fallOK:
@@ -421,6 +433,7 @@ func (v *verifier) exit(i int) (int, error) {
 		return 0, v.reject(i, "return-value", "r0 is %s at exit: programs must return a number", r0.typ)
 	}
 	if lo, hi, ok := retRange(v.p.typ); ok {
+		v.markPrecise(r0.orig)
 		if int64(r0.val.umin) < lo || r0.val.umax > uint64(hi) || int64(r0.val.umax) < 0 {
 			return 0, v.reject(i, "return-value", "%s programs must return a value in [%d, %d], r0 is %v", v.p.typ, lo, hi, r0.val)
 		}

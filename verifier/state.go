@@ -118,7 +118,7 @@ type mapInfo struct {
 
 // reg is the abstract value of one register or spilled stack slot. States
 // are copied at every fork and stored state, so the fields are ordered
-// and sized to keep it small (88 bytes).
+// and sized to keep it small (104 bytes).
 type reg struct {
 	// val is the value of a scalar, and the variable part of a pointer's
 	// offset (for packet and map-value pointers).
@@ -139,6 +139,15 @@ type reg struct {
 	// released is 1 + the instruction index of the release that turned
 	// this former socket pointer into a number, for diagnostics.
 	released int32
+	// orig is the precision origin of a scalar (see precBits): the
+	// registers and stack slots of the innermost frame of the last
+	// stored state (verifier.parent) its value derives from. A use that
+	// depends on the value (markPrecise) makes those precise there.
+	// Pointers, and values that derive from nothing stored, have 0.
+	// In a spilled register orig is relative to the node whose id is
+	// gen; see verifier.spillOrig.
+	orig uint64
+	gen  uint32
 	// mid indexes program.mapTab: the map of map pointers and map
 	// values. (An index, not a pointer, keeps states pointer-free, so
 	// copying them needs no GC write barriers.)
@@ -167,6 +176,9 @@ func (r *reg) String() string {
 }
 
 func scalarReg(s scalar) reg { return reg{typ: scalarT, val: s} }
+
+// scalarFrom is a scalar computed from values with precision origin orig.
+func scalarFrom(s scalar, orig uint64) reg { return reg{typ: scalarT, val: s, orig: orig} }
 
 // Stack slot byte kinds, after the kernel's STACK_INVALID/MISC/ZERO/SPILL.
 const (
@@ -330,7 +342,9 @@ func (m *idMap) match(old, cur uint32) bool {
 
 // covers reports whether every concrete state described by register cur is
 // described by old, so that a path verified from old is safe from cur.
-func (old *reg) covers(cur *reg, ids *idMap) bool {
+// An imprecise scalar (precise false: no path from old used its value)
+// covers any scalar.
+func (old *reg) covers(cur *reg, ids *idMap, precise bool) bool {
 	if old.typ == notInit {
 		// Reading it from old was rejected, so no path from old reads
 		// it before writing it.
@@ -341,7 +355,7 @@ func (old *reg) covers(cur *reg, ids *idMap) bool {
 	}
 	switch old.typ {
 	case scalarT:
-		return old.val.contains(cur.val) && ids.match(old.id, cur.id)
+		return (!precise || old.val.contains(cur.val)) && ids.match(old.id, cur.id)
 	case ptrPacket, ptrPacketMeta:
 		// A new state with a larger proven range is safe.
 		return old.off == cur.off && old.rng <= cur.rng && old.val.contains(cur.val) && ids.match(old.id, cur.id)
@@ -349,6 +363,25 @@ func (old *reg) covers(cur *reg, ids *idMap) bool {
 		return old.off == cur.off && old.mid == cur.mid && old.memSize == cur.memSize && old.frame == cur.frame &&
 			old.val.contains(cur.val) && ids.match(old.id, cur.id) && ids.match(old.ref, cur.ref)
 	}
+}
+
+// Precision bits (node.precise, reg.orig) name the registers and stack
+// slots of a node's innermost frame: bit r for register r, bit 11+s for
+// the spill slot s (fp-8(s+1)). Slots from trackedSlots on have no bit:
+// they are always compared in full, and stores there mark the stored
+// value precise at once.
+const (
+	trackedSlots        = 64 - 11
+	allPrecise   uint64 = ^uint64(0)
+	regPrecBits  uint64 = 1<<11 - 1
+)
+
+// slotBit is the precision bit of spill slot s (0 for untracked slots).
+func slotBit(s int) uint64 {
+	if s < trackedSlots {
+		return 1 << (11 + s)
+	}
+	return 0
 }
 
 // slotKinds returns the kinds of the 8 bytes of stack slot s (bytes
@@ -364,7 +397,7 @@ func (f *frame) slotKinds(s int) [8]byte {
 // slot by slot: a slot whose read bytes are identical and hold no spill is
 // covered without looking at each byte, and a spilled register is
 // compared once per slot, not once per byte.
-func (of *frame) stackCovers(cf *frame, rd *stackBits, ids *idMap) bool {
+func (of *frame) stackCovers(cf *frame, rd *stackBits, ids *idMap, precise uint64) bool {
 	n := (max(len(of.kind), len(cf.kind)) + 7) / 8
 	for s := 0; s < n; s++ {
 		mask := byte(rd[s/8] >> (8 * (s % 8)))
@@ -389,7 +422,7 @@ func (of *frame) stackCovers(cf *frame, rd *stackBits, ids *idMap) bool {
 			case ok == stackZero && ck == stackZero:
 			case ok == stackSpill && ck == stackSpill:
 				if !spillDone {
-					if !of.spill[s].covers(&cf.spill[s], ids) {
+					if !of.spill[s].covers(&cf.spill[s], ids, precise&slotBit(s) != 0 || s >= trackedSlots) {
 						return false
 					}
 					spillDone = true
@@ -433,7 +466,8 @@ func (r *reg) sig() regSig {
 
 // sigCovers reports false when some live register of old can't cover the
 // same register of cur (see reg.covers); true means "compare in full".
-func sigCovers(old, cur *[11]regSig, live uint16) bool {
+// precise has the registers whose scalar values old needs.
+func sigCovers(old, cur *[11]regSig, live uint16, precise uint64) bool {
 	for r := range old {
 		o, c := &old[r], &cur[r]
 		if live&(1<<r) == 0 || o.typ == notInit {
@@ -444,7 +478,7 @@ func sigCovers(old, cur *[11]regSig, live uint16) bool {
 		}
 		switch o.typ {
 		case scalarT:
-			if o.cst && (!c.cst || o.v != c.v) {
+			if o.cst && precise&(1<<r) != 0 && (!c.cst || o.v != c.v) {
 				return false
 			}
 		case ptrPacket, ptrPacketMeta:
@@ -461,26 +495,34 @@ func sigCovers(old, cur *[11]regSig, live uint16) bool {
 }
 
 // covers reports whether state old subsumes cur; live holds the registers
-// of each frame that may still be read.
-func (old *state) covers(cur *state, live []uint16, ids *idMap, read []stackBits) bool {
+// of each frame that may still be read, precise the scalar registers of
+// the innermost frame whose values some path from old used (the others
+// only need to be scalars), as precBits; all other frames' registers and
+// spilled registers are compared in full.
+func (old *state) covers(cur *state, live []uint16, ids *idMap, read []stackBits, precise uint64) bool {
 	if len(old.frames) != len(cur.frames) || len(old.refs) != len(cur.refs) {
 		return false
 	}
 	ids.pairs = ids.pairs[:0]
+	top := len(old.frames) - 1
 	for fi := range old.frames {
 		of, cf := old.frames[fi], cur.frames[fi]
 		if of.callsite != cf.callsite {
 			return false
 		}
+		prec := allPrecise
+		if fi == top {
+			prec = precise
+		}
 		for i := range of.regs {
 			if live[fi]&(1<<i) == 0 {
 				continue
 			}
-			if !of.regs[i].covers(&cf.regs[i], ids) {
+			if !of.regs[i].covers(&cf.regs[i], ids, prec&(1<<i) != 0) {
 				return false
 			}
 		}
-		if !of.stackCovers(cf, &read[fi], ids) {
+		if !of.stackCovers(cf, &read[fi], ids, prec) {
 			return false
 		}
 	}
