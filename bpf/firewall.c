@@ -8,7 +8,10 @@
  * an array index, so the cost per packet does not grow with the rule count.
  *
  *  - Address rules live in fw_exact (/32 and /128) and fw_prefix (shorter
- *    prefixes), keyed by group 0 and direction (source or destination).
+ *    prefixes), keyed by group 0 and direction (source or destination),
+ *    except the IPv4 /32s of group 0, the most common rule by far, which
+ *    live in fw_exact4 under an 8-byte key: hashing and comparing 24
+ *    bytes that are mostly constant cost a lookup about 6 ns.
  *  - Port rules live in fw_ports, one slot per (protocol, direction, port).
  *    A slot names the port-only rule that covers the port and the group of
  *    CIDR+port rules that cover it. A group's CIDRs are in fw_exact and
@@ -72,6 +75,13 @@ struct fw_exact_key {
 	__u8 family;
 	__u16 pad;
 	__u8 addr[16];
+};
+
+/* Key of fw_exact4: an IPv4 address (network order) of group 0 and a
+ * direction. */
+struct fw_exact4_key {
+	__u32 addr;
+	__u32 dir;
 };
 
 /* Key of fw_prefix: prefixlen counts the 64 bits of group, dir, family and
@@ -164,6 +174,13 @@ struct {
 } fw_exact SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, struct fw_exact4_key);
+	__type(value, struct fw_match);
+} fw_exact4 SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 1);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -235,7 +252,18 @@ static __always_inline int match_addr(const struct packet *pkt, __u32 group,
 	__u32 prefix_kind = dir == FW_DIR_SRC ? FW_KIND_SRC_PREFIX : FW_KIND_DST_PREFIX;
 	struct fw_match *m;
 
-	if (kinds & exact_kind) {
+	if ((kinds & exact_kind) && group == 0 && pkt->family == PKT_AF_INET) {
+		struct fw_exact4_key key = {
+			.addr = *(__u32 *)addr,
+			.dir = dir,
+		};
+
+		m = bpf_map_lookup_elem(&fw_exact4, &key);
+		if (m && match_live(m->expires)) {
+			*rule = m->rule;
+			return 1;
+		}
+	} else if (kinds & exact_kind) {
 		struct fw_exact_key key = {
 			.group = group,
 			.dir = dir,

@@ -80,11 +80,10 @@ func BenchmarkProgram(b *testing.B) {
 // BenchmarkLookups splits the firewall's per-packet cost: each
 // sub-benchmark runs a program that does nothing but one map lookup, with
 // a key on the stack, against the very maps BenchmarkProgram's rule sets
-// fill (fw_exact is a hash, fw_prefix an LPM trie whose keys carry the
-// group, direction and family in front of the address). prefix4 is the
-// same prefixes in a trie keyed by the bare IPv4 address, to show what the
-// 64-bit key header costs a trie walk, and exact4 the same for the /32s in
-// a hash keyed by the 4-byte address (xdp-filter's layout).
+// fill (fw_exact4 is a hash of IPv4 addresses and directions, fw_prefix an
+// LPM trie whose keys carry the group, direction and family in front of
+// the address). prefix4 is the same prefixes in a trie keyed by the bare
+// IPv4 address, to show what the 64-bit key header costs a trie walk.
 //
 //	go test -run '^$' -bench BenchmarkLookups -count 5 ./firewall/
 func BenchmarkLookups(b *testing.B) {
@@ -92,9 +91,8 @@ func BenchmarkLookups(b *testing.B) {
 		b.Run("rules="+countName(n), func(b *testing.B) {
 			set := benchRuleSet(n)
 			fw := newTestFirewall(b, Deny, set.rules...)
-			exact, prefix := fw.gen.maps["fw_exact"], fw.gen.maps["fw_prefix"]
+			exact, prefix := fw.gen.maps["fw_exact4"], fw.gen.maps["fw_prefix"]
 			prefix4 := newPrefix4Trie(b, set.rules)
-			exact4 := newExact4Hash(b, set.rules)
 			frame := benchFrame(set.miss)
 			for _, tc := range []struct {
 				name string
@@ -103,8 +101,6 @@ func BenchmarkLookups(b *testing.B) {
 			}{
 				{"exact-hit", exact, exactKeyBytes(set.exactHit)},
 				{"exact-miss", exact, exactKeyBytes(set.miss)},
-				{"exact4-hit", exact4, set.exactHit.AsSlice()},
-				{"exact4-miss", exact4, set.miss.AsSlice()},
 				{"prefix-hit", prefix, prefixKeyBytes(set.prefixHit)},
 				{"prefix-miss", prefix, prefixKeyBytes(set.miss)},
 				{"prefix4-hit", prefix4, prefix4KeyBytes(set.prefixHit)},
@@ -119,8 +115,7 @@ func BenchmarkLookups(b *testing.B) {
 }
 
 func exactKeyBytes(a netip.Addr) []byte {
-	family, addr := encodeAddr(a)
-	return mustAppend(firewallFwExactKey{Family: family, Addr: addr})
+	return mustAppend(firewallFwExact4Key{Addr: binary.NativeEndian.Uint32(a.AsSlice()), Dir: uint32(dirSrc)})
 }
 
 func prefixKeyBytes(a netip.Addr) []byte {
@@ -221,38 +216,6 @@ func newPrefix4Trie(tb testing.TB, rules []Rule) *ebpf.Map {
 	tb.Cleanup(func() { m.Close() })
 	for i, k := range keys {
 		if err := m.Put(k, firewallFwMatch{Rule: uint32(i + 1)}); err != nil {
-			tb.Fatal(err)
-		}
-	}
-	return m
-}
-
-// newExact4Hash holds the /32 rules of rules in a hash keyed by the 4-byte
-// address, with fw_exact's value type.
-func newExact4Hash(tb testing.TB, rules []Rule) *ebpf.Map {
-	tb.Helper()
-	var keys [][4]byte
-	for _, r := range rules {
-		if r.Src.Addr().Is4() && r.Src.Bits() == 32 {
-			keys = append(keys, r.Src.Addr().As4())
-		}
-	}
-	m, err := ebpf.NewMap(&ebpf.MapSpec{
-		Type:       ebpf.Hash,
-		KeySize:    4,
-		ValueSize:  uint32(binary.Size(firewallFwMatch{})),
-		MaxEntries: uint32(max(len(keys), 1)),
-	})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { m.Close() })
-	values := make([]firewallFwMatch, len(keys))
-	for i := range values {
-		values[i].Rule = uint32(i + 1)
-	}
-	if len(keys) > 0 {
-		if _, err := m.BatchUpdate(keys, values, nil); err != nil {
 			tb.Fatal(err)
 		}
 	}

@@ -1,6 +1,7 @@
 package firewall
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -35,6 +36,7 @@ type generation struct {
 	rules   []Rule
 	present uint32
 	exact   map[firewallFwExactKey]firewallFwMatch
+	exact4  map[firewallFwExact4Key]firewallFwMatch // IPv4 /32s of group 0
 	prefix  map[firewallFwPrefixKey]firewallFwMatch
 	ports   map[uint32]firewallFwPort
 	// v4filter holds the non-zero words of fw_v4filter.
@@ -114,6 +116,7 @@ func outlives(a, b uint64) bool {
 func compile(rules []Rule, clk clock) (*generation, error) {
 	g := &generation{
 		exact:  make(map[firewallFwExactKey]firewallFwMatch),
+		exact4: make(map[firewallFwExact4Key]firewallFwMatch),
 		prefix: make(map[firewallFwPrefixKey]firewallFwMatch),
 		ports:  make(map[uint32]firewallFwPort),
 
@@ -229,7 +232,7 @@ func compile(rules []Rule, clk clock) (*generation, error) {
 	if anyExpiry {
 		g.inheritPrefixExpiry()
 	}
-	for name, n := range map[string]int{"exact-address": len(g.exact), "prefix": len(g.prefix), "rule": len(g.rules) + 1} {
+	for name, n := range map[string]int{"exact-address": len(g.exact), "exact IPv4 address": len(g.exact4), "prefix": len(g.prefix), "rule": len(g.rules) + 1} {
 		if n > maxMapEntries {
 			return nil, fmt.Errorf("rule set needs %d %s entries, more than the limit of %d", n, name, maxMapEntries)
 		}
@@ -244,9 +247,11 @@ func (g *generation) addAddr(group uint32, dir uint8, prefix netip.Prefix, id ui
 	family, addr := encodeAddr(prefix.Addr())
 	m := firewallFwMatch{Rule: id, Expires: expires}
 	if prefix.Bits() == prefix.Addr().BitLen() {
-		key := firewallFwExactKey{Group: group, Dir: dir, Family: family, Addr: addr}
-		if old, ok := g.exact[key]; !ok || outlives(expires, old.Expires) {
-			g.exact[key] = m
+		if group == 0 && prefix.Addr().Is4() {
+			key := firewallFwExact4Key{Addr: binary.NativeEndian.Uint32(addr[:4]), Dir: uint32(dir)}
+			putLongest(g.exact4, key, m)
+		} else {
+			putLongest(g.exact, firewallFwExactKey{Group: group, Dir: dir, Family: family, Addr: addr}, m)
 		}
 		if dir == dirSrc {
 			return kindSrcExact
@@ -257,13 +262,19 @@ func (g *generation) addAddr(group uint32, dir uint8, prefix netip.Prefix, id ui
 		g.markV4Filter(dir, prefix)
 	}
 	key := firewallFwPrefixKey{Prefixlen: 64 + uint32(prefix.Bits()), Group: group, Dir: dir, Family: family, Addr: addr}
-	if old, ok := g.prefix[key]; !ok || outlives(expires, old.Expires) {
-		g.prefix[key] = m
-	}
+	putLongest(g.prefix, key, m)
 	if dir == dirSrc {
 		return kindSrcPrefix
 	}
 	return kindDstPrefix
+}
+
+// putLongest stores m under key unless the entry already there matches
+// longer: two rules with the same key share the entry.
+func putLongest[K comparable](entries map[K]firewallFwMatch, key K, m firewallFwMatch) {
+	if old, ok := entries[key]; !ok || outlives(m.Expires, old.Expires) {
+		entries[key] = m
+	}
 }
 
 // inheritPrefixExpiry makes every prefix entry live as long as the longest

@@ -59,7 +59,7 @@ const (
 var sharedMaps = []string{"fw_settings", "fw_counters", "fw_chain", "fw_management"}
 
 // generationMaps are created anew for every rule set.
-var generationMaps = []string{"fw_exact", "fw_prefix", "fw_ports", "fw_v4filter", "fw_hits", "fw_rules"}
+var generationMaps = []string{"fw_exact", "fw_exact4", "fw_prefix", "fw_ports", "fw_v4filter", "fw_hits", "fw_rules"}
 
 // LoadOptions configure Load.
 type LoadOptions struct {
@@ -372,6 +372,7 @@ func generationSpec(g *generation) (*ebpf.CollectionSpec, error) {
 	}
 	sizes := map[string]int{
 		"fw_exact":    len(g.exact),
+		"fw_exact4":   len(g.exact4),
 		"fw_prefix":   len(g.prefix),
 		"fw_hits":     len(g.rules) + 1,
 		"fw_rules":    len(g.rules) + 1,
@@ -392,6 +393,9 @@ func generationSpec(g *generation) (*ebpf.CollectionSpec, error) {
 func (o *generationObjects) fill(g *generation, clk clock) error {
 	if err := putAll(o.maps["fw_exact"], g.exact); err != nil {
 		return fmt.Errorf("fill fw_exact: %w", err)
+	}
+	if err := putAll(o.maps["fw_exact4"], g.exact4); err != nil {
+		return fmt.Errorf("fill fw_exact4: %w", err)
 	}
 	if err := putAll(o.maps["fw_prefix"], g.prefix); err != nil {
 		return fmt.Errorf("fill fw_prefix: %w", err)

@@ -25,6 +25,12 @@ type firewallFwCounter struct {
 	Bytes   uint64
 }
 
+type firewallFwExact4Key struct {
+	_    structs.HostLayout
+	Addr uint32
+	Dir  uint32
+}
+
 type firewallFwExactKey struct {
 	_      structs.HostLayout
 	Group  uint32
@@ -97,6 +103,7 @@ const (
 	firewallMapFwChain           = "fw_chain"
 	firewallMapFwCounters        = "fw_counters"
 	firewallMapFwExact           = "fw_exact"
+	firewallMapFwExact4          = "fw_exact4"
 	firewallMapFwHits            = "fw_hits"
 	firewallMapFwManagement      = "fw_management"
 	firewallMapFwPorts           = "fw_ports"
@@ -160,6 +167,7 @@ type firewallMapSpecs struct {
 	FwChain      *ebpf.MapSpec `ebpf:"fw_chain"`
 	FwCounters   *ebpf.MapSpec `ebpf:"fw_counters"`
 	FwExact      *ebpf.MapSpec `ebpf:"fw_exact"`
+	FwExact4     *ebpf.MapSpec `ebpf:"fw_exact4"`
 	FwHits       *ebpf.MapSpec `ebpf:"fw_hits"`
 	FwManagement *ebpf.MapSpec `ebpf:"fw_management"`
 	FwPorts      *ebpf.MapSpec `ebpf:"fw_ports"`
@@ -199,6 +207,7 @@ type firewallMaps struct {
 	FwChain      *ebpf.Map `ebpf:"fw_chain"`
 	FwCounters   *ebpf.Map `ebpf:"fw_counters"`
 	FwExact      *ebpf.Map `ebpf:"fw_exact"`
+	FwExact4     *ebpf.Map `ebpf:"fw_exact4"`
 	FwHits       *ebpf.Map `ebpf:"fw_hits"`
 	FwManagement *ebpf.Map `ebpf:"fw_management"`
 	FwPorts      *ebpf.Map `ebpf:"fw_ports"`
@@ -213,6 +222,7 @@ func (m *firewallMaps) Close() error {
 		m.FwChain,
 		m.FwCounters,
 		m.FwExact,
+		m.FwExact4,
 		m.FwHits,
 		m.FwManagement,
 		m.FwPorts,

@@ -1,6 +1,7 @@
 package firewall
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"strings"
 	"testing"
@@ -136,8 +137,46 @@ func TestCompileDropsExpiredRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(g.rules) != 1 || len(g.prefix) != 0 || len(g.exact) != 1 {
-		t.Errorf("expired rule was compiled: %d rules, %d prefixes, %d exact", len(g.rules), len(g.prefix), len(g.exact))
+	if len(g.rules) != 1 || len(g.prefix) != 0 || len(g.exact4) != 1 || len(g.exact) != 0 {
+		t.Errorf("expired rule was compiled: %d rules, %d prefixes, %d exact, %d exact IPv4", len(g.rules), len(g.prefix), len(g.exact), len(g.exact4))
+	}
+}
+
+// TestCompileExactMaps pins down which map an exact address goes to: the
+// IPv4 /32s of group 0 to fw_exact4 under (address, direction), every other
+// exact address (IPv6, and the CIDRs of CIDR+port groups) to fw_exact.
+func TestCompileExactMaps(t *testing.T) {
+	g, err := compile([]Rule{
+		{Src: pfx("198.18.0.1/32")},
+		{Dst: pfx("198.18.0.1/32")},
+		{Src: pfx("fd00:5067::1/128")},
+		{Src: pfx("198.18.0.2/32"), Proto: TCP, DstPorts: PortRange{First: 22, Last: 22}},
+	}, clockNow())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := binary.NativeEndian.Uint32(netip.MustParseAddr("198.18.0.1").AsSlice())
+	for _, k := range []firewallFwExact4Key{{Addr: a, Dir: uint32(dirSrc)}, {Addr: a, Dir: uint32(dirDst)}} {
+		if _, ok := g.exact4[k]; !ok {
+			t.Errorf("fw_exact4 lacks %+v", k)
+		}
+	}
+	if len(g.exact4) != 2 {
+		t.Errorf("fw_exact4 has %d entries, want 2: %v", len(g.exact4), g.exact4)
+	}
+	var v6, grouped int
+	for k := range g.exact {
+		switch {
+		case k.Family == familyInet6 && k.Group == 0:
+			v6++
+		case k.Family == familyInet && k.Group != 0:
+			grouped++
+		default:
+			t.Errorf("unexpected fw_exact entry %+v", k)
+		}
+	}
+	if v6 != 1 || grouped != 1 {
+		t.Errorf("fw_exact: %d IPv6 and %d grouped IPv4 entries, want 1 and 1", v6, grouped)
 	}
 }
 

@@ -62,6 +62,11 @@ func vmPair(tb testing.TB, mode Mode, rules []Rule, frames [][]byte) *vmtest.Pai
 				return err
 			}
 		}
+		for k, v := range g.exact4 {
+			if err := put("fw_exact4", k, v); err != nil {
+				return err
+			}
+		}
 		for k, v := range g.prefix {
 			if err := put("fw_prefix", k, v); err != nil {
 				return err
