@@ -130,6 +130,9 @@ type verifier struct {
 	// nodes counts stored nodes, for node.id.
 	nodes uint32
 	queue []pending
+	// free lists of states and frames for clone
+	freeStates []*state
+	freeFrames []*frame
 
 	// current path
 	cur    *state
@@ -226,6 +229,8 @@ func (v *verifier) walk(i int) error {
 			}
 			if pruned {
 				v.finish(v.parent)
+				v.recycle(v.cur)
+				v.cur = nil
 				return nil
 			}
 		}
@@ -235,6 +240,8 @@ func (v *verifier) walk(i int) error {
 		}
 		if next < 0 {
 			v.finish(v.parent)
+			v.recycle(v.cur)
+			v.cur = nil
 			return nil
 		}
 		i = next
@@ -283,6 +290,8 @@ func (v *verifier) checkCache(i int) (bool, error) {
 			// Like the kernel, forget verified states that keep
 			// missing: dropping a cache entry only costs time.
 			if e.miss > e.hit*8+32 && e.final {
+				v.recycle(e.n.st)
+				e.n.st = nil
 				list[k] = list[len(list)-1]
 				list = list[:len(list)-1]
 				v.cache[i] = list
@@ -343,7 +352,7 @@ func (v *verifier) checkCache(i int) (bool, error) {
 			}
 		}
 	}
-	n := &node{st: v.cur.clone(), parent: v.parent, branches: 1, insn: i, read: make([]stackBits, len(v.cur.frames)), wroteBefore: v.written}
+	n := &node{st: v.clone(v.cur), parent: v.parent, branches: 1, insn: i, read: make([]stackBits, len(v.cur.frames)), wroteBefore: v.written}
 	v.cache[i] = append(v.cache[i], cacheEntry{sig: sig, n: n})
 	v.nodes++
 	n.id = v.nodes

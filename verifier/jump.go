@@ -56,7 +56,7 @@ func (v *verifier) jump(i int, ins asm.Instruction) (int, error) {
 	}
 	// A scalar compared with a pointer may decide a NULL check.
 	v.markPrecise(d.orig | s.orig)
-	taken, fall := v.cur.clone(), v.cur
+	taken, fall := v.clone(v.cur), v.cur
 
 	switch {
 	case is32:
@@ -93,6 +93,7 @@ func (v *verifier) jump(i int, ins asm.Instruction) (int, error) {
 		return i + 1, nil
 	}
 	if takenOK {
+		v.recycle(v.cur)
 		v.cur = taken
 		v.addPath(target)
 		return target, nil
@@ -144,7 +145,7 @@ func (v *verifier) scalarJump(i int, ins asm.Instruction, jop asm.JumpOp, is32, 
 	}
 	switch {
 	case takenOK && fallOK:
-		taken := v.cur.clone()
+		taken := v.clone(v.cur)
 		apply(taken, ta, tb)
 		apply(v.cur, fa, fb)
 		v.fork(taken, target)
@@ -414,13 +415,15 @@ func (v *verifier) exit(i int) (int, error) {
 		if escaped {
 			return 0, v.reject(i, "stack-pointer-escape", "a pointer to the returning function's stack was stored in the caller")
 		}
+		next := callee.callsite + 1
+		v.recycleFrame(callee)
 		caller := st.cur()
 		caller.regs[asm.R0] = ret
 		for r := asm.R1; r <= asm.R5; r++ {
 			caller.regs[r] = reg{}
 		}
-		v.addPath(callee.callsite + 1)
-		return callee.callsite + 1, nil
+		v.addPath(next)
+		return next, nil
 	}
 	if len(st.refs) > 0 {
 		ref := st.refs[0]

@@ -268,17 +268,51 @@ type state struct {
 
 func (s *state) cur() *frame { return s.frames[len(s.frames)-1] }
 
-// clone copies the state. The frames' stacks are shared with s until one
-// of the two writes to them (see frame.shared).
-func (s *state) clone() *state {
-	n := &state{frames: make([]*frame, len(s.frames)), refs: slices.Clone(s.refs)}
-	fs := make([]frame, len(s.frames))
-	for i, f := range s.frames {
+// clone copies the state, reusing the frames and states of ended paths
+// (free lists in the verifier). The frames' stacks are shared with s until
+// one of the two writes to them (see frame.shared).
+func (v *verifier) clone(s *state) *state {
+	var n *state
+	if k := len(v.freeStates); k > 0 {
+		n = v.freeStates[k-1]
+		v.freeStates = v.freeStates[:k-1]
+		n.refs = append(n.refs[:0], s.refs...)
+	} else {
+		n = &state{frames: make([]*frame, 0, len(s.frames)), refs: slices.Clone(s.refs)}
+	}
+	for _, f := range s.frames {
 		f.shared = true
-		fs[i] = *f
-		n.frames[i] = &fs[i]
+		c := v.newFrame()
+		*c = *f
+		n.frames = append(n.frames, c)
 	}
 	return n
+}
+
+func (v *verifier) newFrame() *frame {
+	if k := len(v.freeFrames); k > 0 {
+		f := v.freeFrames[k-1]
+		v.freeFrames = v.freeFrames[:k-1]
+		return f
+	}
+	return new(frame)
+}
+
+// recycleFrame takes a frame no state uses any more. Its stack arrays may
+// still be shared (copy on write), so they are dropped, not reused.
+func (v *verifier) recycleFrame(f *frame) {
+	f.kind, f.spill = nil, nil
+	v.freeFrames = append(v.freeFrames, f)
+}
+
+// recycle takes a state no path or node uses any more: the current state
+// of an ended path, or the stored state of an evicted node.
+func (v *verifier) recycle(s *state) {
+	for _, f := range s.frames {
+		v.recycleFrame(f)
+	}
+	s.frames = s.frames[:0]
+	v.freeStates = append(v.freeStates, s)
 }
 
 // forEachReg calls fn for every register and spilled register of every
