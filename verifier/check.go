@@ -1237,9 +1237,6 @@ func (v *verifier) stackAccess(i int, base reg, off, size int64, write bool, val
 		if val.typ != scalarT {
 			return reg{}, v.reject(i, "partial-spill", "spilling pointer %s with a %d-byte store", val.typ, size)
 		}
-		// The stack keeps whether the stored value is zero, and
-		// bytes that aren't spills are compared in full.
-		v.markPrecise(val.orig)
 		if f.kind[slot*8] == stackSpill {
 			// A partial store breaks a spill apart; the rest of
 			// the slot reads back as an unknown number.
@@ -1249,7 +1246,13 @@ func (v *verifier) stackAccess(i int, base reg, off, size int64, write bool, val
 		}
 		kind := stackMisc
 		if val.val.isConst() && val.val.value()&(uint64(1)<<(8*uint(size))-1) == 0 {
+			// The stack keeps that the stored value is zero, and
+			// bytes that aren't spills are compared in full: the
+			// value must be precise (as the kernel's STACK_ZERO
+			// store marks it). Any other value stores "misc",
+			// which covers every value.
 			kind = stackZero
+			v.markPrecise(val.orig)
 		}
 		for k := lo; k < hi; k++ {
 			f.kind[k] = kind

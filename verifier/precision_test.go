@@ -66,6 +66,11 @@ func precisionCases() []corpusCase {
 			ins(asm.Mov.Reg(asm.R1, asm.R8).WithSymbol("join"), asm.Add.Imm(asm.R1, 1), asm.JEq.Imm(asm.R7, 3, "second"),
 				asm.Mov.Imm(asm.R2, 0),
 				asm.Sub.Imm(asm.R1, 1).WithSymbol("second")), use(asm.R1))},
+		// A 4-byte store keeps only whether the value is zero: stored
+		// zero (r8 == 0) reads back as 0, anything else as unknown.
+		{name: "precision-zero-store", typ: sf, rule: "unbounded-pointer-arithmetic", maps: []string{"arr"}, insns: cat(head, split(nil, nil),
+			ins(asm.StoreMem(asm.RFP, -16, asm.R8, asm.Word).WithSymbol("join"), asm.StoreImm(asm.RFP, -12, 0, asm.Word),
+				asm.LoadMem(asm.R1, asm.RFP, -16, asm.DWord)), use(asm.R1))},
 		// The same program shapes with both values safe are accepted.
 		{name: "precision-both-safe", typ: sf, maps: []string{"arr"}, insns: cat(head,
 			ins(asm.JGT.Imm(asm.R7, 5, "other"), asm.Mov.Imm(asm.R8, 0), asm.Ja.Label("join"), asm.Mov.Imm(asm.R8, 8).WithSymbol("other")),
