@@ -12,7 +12,6 @@ import (
 type (
 	tableKey     = dispatcherDpKey
 	tableTarget  = dispatcherDpTarget
-	destKey      = dispatcherDpDestKey
 	specKey      = dispatcherDpBinding
 	specValue    = dispatcherDpBindingValue
 	labelKey     = dispatcherDpLabel
@@ -34,12 +33,29 @@ const (
 	lensPerMarker = 11
 	markerFlags   = 11     // byte of the flags in a marker entry
 	markerIface   = 1 << 0 // interface-scoped bindings exist
+	markerNoPorts = 1 << 1 // no binding names a port or range: skip that probe
+	markerNoAll   = 1 << 2 // no binding covers all ports: skip that probe
 	lenEnd        = 0xff
 )
 
 // layoutVersion is stored in dp_meta at load; upgrade refuses an object
-// whose maps are laid out differently.
-const layoutVersion = 1
+// whose maps are laid out differently. 2: dp_sockets is a socket array
+// indexed by socketSlot (it was a socket hash keyed by label, family and
+// protocol).
+const layoutVersion = 2
+
+// socketSlot is the index of a label's socket of one family (4 or 6) and
+// protocol in dp_sockets (socket_slot in dispatch.c).
+func socketSlot(label uint32, fam uint8, proto Protocol) uint32 {
+	s := label << 2
+	if fam == 6 {
+		s |= 2
+	}
+	if proto == UDP {
+		s |= 1
+	}
+	return s
+}
 
 func family(a netip.Addr) uint8 {
 	if a.Is4() {
@@ -141,6 +157,22 @@ func labelFromKey(k labelKey) string {
 	return string(b)
 }
 
+// markerFlags returns the flags of a protocol and family's first marker,
+// which let a lookup skip the probes that can't hit.
+func markerFlagsOf(scoped, ported, allPorts bool) byte {
+	var f byte
+	if scoped {
+		f |= markerIface
+	}
+	if !ported {
+		f |= markerNoPorts
+	}
+	if !allPorts {
+		f |= markerNoAll
+	}
+	return f
+}
+
 // resolved is a binding with its label id and interface index looked up.
 type resolved struct {
 	Binding
@@ -166,6 +198,8 @@ func compile(rs []resolved) map[tableKey]tableTarget {
 	type pf struct{ proto, fam uint8 }
 	lens := make(map[pf]map[int]bool)
 	scoped := make(map[pf]bool)
+	ported := make(map[pf]bool) // some binding names a port or range
+	allPorts := make(map[pf]bool)
 	for _, r := range rs {
 		k := pf{uint8(r.Protocol), family(r.Prefix.Addr())}
 		if lens[k] == nil {
@@ -176,9 +210,11 @@ func compile(rs []resolved) map[tableKey]tableTarget {
 		}
 		lens[k][r.Prefix.Bits()] = true
 		if r.Ports.All() {
+			allPorts[k] = true
 			put(r, 0)
 			continue
 		}
+		ported[k] = true
 		for p := uint32(r.Ports.Lo); p <= uint32(r.Ports.Hi); p++ {
 			put(r, uint16(p))
 		}
@@ -197,8 +233,8 @@ func compile(rs []resolved) map[tableKey]tableTarget {
 					b[i] = byte(sorted[j])
 				}
 			}
-			if m == 0 && scoped[k] {
-				b[markerFlags] = markerIface
+			if m == 0 {
+				b[markerFlags] = markerFlagsOf(scoped[k], ported[k], allPorts[k])
 			}
 			key := tableKey{Prefixlen: markerBase + uint32(m), Protocol: k.proto, Family: k.fam}
 			out[key] = tableTarget{

@@ -560,14 +560,15 @@ func (d *Dispatcher) gcLabels() error {
 	if err := it.Err(); err != nil {
 		return err
 	}
-	var dk destKey
-	var cookie uint64
-	sit := d.sockets.Iterate()
-	for sit.Next(&dk, &cookie) {
-		used[dk.LabelId] = true
-	}
-	if err := sit.Err(); err != nil {
-		return err
+	for _, id := range ids {
+		if used[id] {
+			continue
+		}
+		socks, err := d.labelSockets(id)
+		if err != nil {
+			return err
+		}
+		used[id] = len(socks) > 0
 	}
 	for name, id := range ids {
 		if !used[id] {

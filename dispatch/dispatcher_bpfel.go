@@ -31,14 +31,6 @@ type dispatcherDpBindingValue struct {
 	Flags   uint32
 }
 
-type dispatcherDpDestKey struct {
-	_        structs.HostLayout
-	LabelId  uint32
-	Family   uint8
-	Protocol uint8
-	Pad      uint16
-}
-
 type dispatcherDpKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32

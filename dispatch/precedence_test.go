@@ -83,6 +83,10 @@ func TestPrecedence(t *testing.T) {
 		mustBinding(t, "W", "tcp", "fd00:5067::/48", "all"),
 		mustBinding(t, "X", "tcp", "198.18.9.0/24", "3000-3099"),
 		mustBinding(t, "Y", "tcp", "198.18.9.0/24", "3050-3149"),
+		// UDP over IPv6 has only all-ports bindings and UDP over IPv4 only
+		// port bindings, so their markers tell a lookup to skip the
+		// probe that can't hit.
+		mustBinding(t, "Z", "udp", "fd00:5067::/48", "all"),
 	}
 	// G duplicates D's ports but only on sgdummy; H scopes "all" to lo.
 	set[6].Iface = other.Name
@@ -142,6 +146,9 @@ func TestPrecedence(t *testing.T) {
 		{"v6 wildcard prefix", TCP, "[fd00:1::1]:80", "", "V"},
 		{"v6 no binding", TCP, "[fd00:1::1]:81", "", ""},
 		{"v4 outside every prefix", TCP, "198.20.0.1:80", "", ""},
+		{"v6 udp, all-ports bindings only", UDP, "[fd00:5067::7]:53", "", "Z"},
+		{"v6 udp, outside the all-ports binding", UDP, "[fd00:5068::7]:53", "", ""},
+		{"v4 udp, port bindings only, another port", UDP, "198.18.1.1:1551", "", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dst := netip.MustParseAddrPort(tc.dst)

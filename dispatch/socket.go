@@ -157,8 +157,7 @@ func (d *Dispatcher) Register(label string, fd int, opts RegisterOptions) (Regis
 			return err
 		}
 		for _, f := range fams {
-			k := destKey{LabelId: id, Family: f, Protocol: uint8(info.Protocol)}
-			if err := d.sockets.Update(k, uint64(fd), ebpf.UpdateAny); err != nil {
+			if err := d.sockets.Update(socketSlot(id, f, info.Protocol), uint64(fd), ebpf.UpdateAny); err != nil {
 				return fmt.Errorf("insert socket %s into the socket map: %w", info, err)
 			}
 		}
@@ -211,7 +210,7 @@ func (d *Dispatcher) Unregister(label string, proto Protocol, fam uint8) (int, e
 				if (fam != 0 && f != fam) || (proto != 0 && p != proto) {
 					continue
 				}
-				err := d.sockets.Delete(destKey{LabelId: id, Family: f, Protocol: uint8(p)})
+				err := d.sockets.Delete(socketSlot(id, f, p))
 				if err == nil {
 					n++
 				} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -235,6 +234,26 @@ type Destination struct {
 	Cookie   uint64   `json:"cookie"`
 }
 
+// labelSockets returns the sockets registered for label id, without
+// their label name.
+func (d *Dispatcher) labelSockets(id uint32) ([]Destination, error) {
+	var out []Destination
+	for _, f := range []uint8{4, 6} {
+		for _, p := range []Protocol{TCP, UDP} {
+			var cookie uint64
+			err := d.sockets.Lookup(socketSlot(id, f, p), &cookie)
+			if errors.Is(err, ebpf.ErrKeyNotExist) {
+				continue
+			}
+			if err != nil {
+				return nil, fmt.Errorf("read sockets: %w", err)
+			}
+			out = append(out, Destination{Family: f, Protocol: p, Cookie: cookie})
+		}
+	}
+	return out, nil
+}
+
 // Destinations lists the registered sockets. A socket that closed is gone
 // from the map: the kernel removes it.
 func (d *Dispatcher) Destinations() ([]Destination, error) {
@@ -242,23 +261,16 @@ func (d *Dispatcher) Destinations() ([]Destination, error) {
 	if err != nil {
 		return nil, err
 	}
-	names := make(map[uint32]string, len(ids))
-	for n, id := range ids {
-		names[id] = n
-	}
 	var out []Destination
-	var k destKey
-	var cookie uint64
-	it := d.sockets.Iterate()
-	for it.Next(&k, &cookie) {
-		name, ok := names[k.LabelId]
-		if !ok {
-			name = "#" + strconv.Itoa(int(k.LabelId))
+	for name, id := range ids {
+		socks, err := d.labelSockets(id)
+		if err != nil {
+			return nil, err
 		}
-		out = append(out, Destination{Label: name, Family: k.Family, Protocol: Protocol(k.Protocol), Cookie: cookie})
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read sockets: %w", err)
+		for _, s := range socks {
+			s.Label = name
+			out = append(out, s)
+		}
 	}
 	sort.Slice(out, func(i, j int) bool {
 		a, b := out[i], out[j]
