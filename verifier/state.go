@@ -241,14 +241,6 @@ func (f *frame) grow(n int) {
 	f.spill = append(f.spill, make([]reg, n/8-len(f.spill))...)
 }
 
-// kindAt is the kind of stack byte k (fp-1-k).
-func (f *frame) kindAt(k int) byte {
-	if k < len(f.kind) {
-		return f.kind[k]
-	}
-	return stackInvalid
-}
-
 // refState is one acquired reference.
 type refState struct {
 	id   uint32
