@@ -13,7 +13,11 @@
 #     batches from one client thread pinned to CPU 0 (services on the other
 #     CPUs), against a single plain listener as the direct baseline and a
 #     second copy of it as an A/A control; then each sk_lookup program's
-#     run time per lookup in real connects (the kernel's bpf_stats).
+#     run time per lookup in real connects (the kernel's bpf_stats). Run
+#     twice: connections over loopback (the cheapest connect there is, so
+#     the dispatcher's cost shows largest) and over a veth pair from a
+#     client namespace of each contender's own (arriving on an interface,
+#     as a service's connections do).
 #  2. go test -bench BenchmarkLookup ./dispatch/: ns per lookup through
 #     BPF_PROG_TEST_RUN (the kernel's own timing) with 10, 10k and 100k
 #     bindings, for a lookup that hits a /32 and one that misses the /32s
@@ -36,7 +40,9 @@ done
 cd "$ROOT"
 go build -o "$BIN/dispatch-bench" ./bench/dispatch-bench
 echo "## sockets vs dispatcher ($(uname -r), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg))"
-"$BIN/dispatch-bench" -connects "$CONNECTS"
+for path in lo veth; do
+	"$BIN/dispatch-bench" -connects "$CONNECTS" -path "$path"
+done
 
 echo
 echo "## ns/lookup (BPF_PROG_TEST_RUN)"

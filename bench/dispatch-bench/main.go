@@ -51,6 +51,7 @@ var (
 	connects = flag.Int("connects", 20000, "connections per contender and scenario")
 	blocks   = flag.Int("blocks", 20, "blocks the connections are cut into for the paired per-block comparison")
 	batch    = flag.Int("batch", 50, "connects to one contender before the client moves to the next")
+	path     = flag.String("path", "lo", "how connections arrive: lo (client in the service's namespace, over loopback) or veth (client in a namespace of its own, over a veth pair)")
 	pin      = flag.Bool("pin", true, "run the client on CPU 0 and the services on the other CPUs")
 	only     = flag.String("scenario", "all", "ports, prefix or all")
 	nPorts   = flag.Int("ports", 65535, "ports in the ports scenario")
@@ -63,29 +64,87 @@ var (
 // processes.
 const perChild = 15000
 
-// ns is a named namespace made for the run.
+// ns is a named namespace made for the run. With -path veth it has a
+// client namespace of its own, joined to it by a veth pair, for the
+// client's connections to arrive on an interface as a service's do.
 type ns struct {
 	name, path string
+	client     *ns
 }
 
+// Addresses of the veth pair between a contender's namespace and its
+// client namespace (-path veth).
+const (
+	vethServerAddr = "198.19.255.1/30"
+	vethClientAddr = "198.19.255.2/30"
+)
+
 func newNS(name string) (*ns, error) {
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("ip netns add %s: %v: %s", name, err, out)
-	}
-	n := &ns{name: name, path: "/run/netns/" + name}
-	for _, args := range [][]string{
+	n, err := addNS(name, [][]string{
 		{"link", "set", "lo", "up"},
 		{"route", "add", "local", "198.18.0.0/16", "dev", "lo"},
-	} {
-		if out, err := exec.Command("ip", append([]string{"-n", name}, args...)...).CombinedOutput(); err != nil {
-			n.remove()
-			return nil, fmt.Errorf("ip -n %s %v: %v: %s", name, args, err, out)
-		}
+	})
+	if err != nil || *path == "lo" {
+		return n, err
+	}
+	n.client, err = addNS(name+"-c", [][]string{{"link", "set", "lo", "up"}})
+	if err != nil {
+		n.remove()
+		return nil, err
+	}
+	err = ipCmds(n.name, [][]string{
+		{"link", "add", "name", "srv", "type", "veth", "peer", "name", "cli", "netns", n.client.name},
+		{"addr", "add", vethServerAddr, "dev", "srv"},
+		{"link", "set", "srv", "up"},
+	})
+	if err == nil {
+		err = ipCmds(n.client.name, [][]string{
+			{"addr", "add", vethClientAddr, "dev", "cli"},
+			{"link", "set", "cli", "up"},
+			{"route", "add", "198.18.0.0/16", "via", strings.Split(vethServerAddr, "/")[0]},
+		})
+	}
+	if err != nil {
+		n.remove()
+		return nil, err
 	}
 	return n, nil
 }
 
+// addNS creates a namespace and runs ip commands in it.
+func addNS(name string, cmds [][]string) (*ns, error) {
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("ip netns add %s: %v: %s", name, err, out)
+	}
+	n := &ns{name: name, path: "/run/netns/" + name}
+	if err := ipCmds(name, cmds); err != nil {
+		n.remove()
+		return nil, err
+	}
+	return n, nil
+}
+
+func ipCmds(nsName string, cmds [][]string) error {
+	for _, args := range cmds {
+		if out, err := exec.Command("ip", append([]string{"-n", nsName}, args...)...).CombinedOutput(); err != nil {
+			return fmt.Errorf("ip -n %s %v: %v: %s", nsName, args, err, out)
+		}
+	}
+	return nil
+}
+
+// clientPath is the namespace the client connects from.
+func (n *ns) clientPath() string {
+	if n.client != nil {
+		return n.client.path
+	}
+	return n.path
+}
+
 func (n *ns) remove() {
+	if n.client != nil {
+		n.client.remove()
+	}
 	exec.Command("ip", "netns", "del", n.name).Run()
 }
 
@@ -218,10 +277,12 @@ func (c *contender) connectOnce(rng *rand.Rand) error {
 		return err
 	}
 	defer unix.Close(fd)
-	// Source 127.0.0.1: in the ports scenario every port of the
-	// destination address is taken by a listener.
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		return err
+	// On the loopback path, source 127.0.0.1: in the ports scenario
+	// every port of the destination address is taken by a listener.
+	if c.ns.client == nil {
+		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+			return err
+		}
 	}
 	start := time.Now()
 	err = unix.Connect(fd, &unix.SockaddrInet4{Addr: dst.Addr().As4(), Port: int(dst.Port())})
@@ -254,7 +315,7 @@ func measure(all []*contender, n int) error {
 			}
 			fds := make([]int, len(all))
 			for i, c := range all {
-				f, err := os.Open(c.ns.path)
+				f, err := os.Open(c.ns.clientPath())
 				if err != nil {
 					return err
 				}
@@ -701,7 +762,7 @@ func run(scenario string) error {
 	for i, c := range withProg {
 		c.lat = lat[i]
 	}
-	fmt.Printf("\n### %s: %s\n\n", scenario, map[string]string{
+	fmt.Printf("\n### %s, %s path: %s\n\n", scenario, *path, map[string]string{
 		"ports":  fmt.Sprintf("ports 1-%d of 198.18.0.1", *nPorts),
 		"prefix": "198.18.1.0/24 port 80",
 	}[scenario])
@@ -832,6 +893,10 @@ func pinServices() error {
 
 func main() {
 	flag.Parse()
+	if *path != "lo" && *path != "veth" {
+		fmt.Fprintf(os.Stderr, "dispatch-bench: -path %q: must be lo or veth\n", *path)
+		os.Exit(2)
+	}
 	if *child != "" {
 		if err := runChild(*child, *childNS, *pin); err != nil {
 			fmt.Fprintln(os.Stderr, "dispatch-bench child:", err)
