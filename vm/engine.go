@@ -52,17 +52,24 @@ type Options struct {
 	Helpers map[asm.BuiltinFunc]Helper
 }
 
+// ErrHelperNotImplemented is wrapped by the error of a program that calls a
+// helper the vm does not implement.
+var ErrHelperNotImplemented = errors.New("not implemented by the vm")
+
 // Engine holds maps and programs loaded together, like a kernel
 // collection, and runs programs one at a time. It is not safe for
 // concurrent use.
 type Engine struct {
-	opts    Options
-	maps    map[string]*Map
-	progs   map[string]*Program
-	m       *machine
-	helpers map[int32]helperFn
-	clock   uint64
-	rnd     uint64
+	opts  Options
+	maps  map[string]*Map
+	progs map[string]*Program
+	// unloadable are the programs of a collection that call a helper the
+	// vm lacks: an error only for whoever asks for one of them.
+	unloadable map[string]error
+	m          *machine
+	helpers    map[int32]helperFn
+	clock      uint64
+	rnd        uint64
 	// inner are the maps created for map-in-maps.
 	inner []*Map
 	// Trace holds the lines written by bpf_trace_printk, in order.
@@ -148,6 +155,9 @@ func (e *Engine) MapNames() []string {
 // Program returns the program called name.
 func (e *Engine) Program(name string) (*Program, error) {
 	p, ok := e.progs[name]
+	if err := e.unloadable[name]; !ok && err != nil {
+		return nil, err
+	}
 	if !ok {
 		var names []string
 		for k := range e.progs {
@@ -222,7 +232,7 @@ func (e *Engine) loadRaw(name string, typ ebpf.ProgramType, raw []byte) (*Progra
 		if in.op == opCall && in.src == 0 {
 			h, ok := e.helpers[int32(in.imm)]
 			if !ok {
-				return nil, fmt.Errorf("program %s: insn %d: helper %s (id %d) is not implemented by the vm", name, i, HelperName(asm.BuiltinFunc(in.imm)), in.imm)
+				return nil, fmt.Errorf("program %s: insn %d: helper %s (id %d): %w", name, i, HelperName(asm.BuiltinFunc(in.imm)), in.imm, ErrHelperNotImplemented)
 			}
 			in.aux = int32(len(p.helpers))
 			p.helpers = append(p.helpers, h)

@@ -2,6 +2,7 @@ package vm
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -15,8 +16,10 @@ import (
 // ebpf.LoadCollectionSpec): every map, including .data/.rodata/.bss as
 // single-entry arrays, and every program, with map references, global
 // data and bpf-to-bpf calls resolved. Prog arrays named in the spec's
-// contents are filled. Any helper the vm does not implement is an error
-// naming it and the program.
+// contents are filled. A program that calls a helper the vm does not
+// implement is left out: asking the engine for it (Program, or a prog
+// array's contents) returns an error naming the helper and the program,
+// wrapping ErrHelperNotImplemented, while the object's other programs run.
 func LoadCollection(spec *ebpf.CollectionSpec, opts Options) (*Engine, error) {
 	if spec == nil {
 		return nil, fmt.Errorf("load collection: nil spec")
@@ -50,6 +53,15 @@ func LoadCollection(spec *ebpf.CollectionSpec, opts Options) (*Engine, error) {
 	for _, n := range progNames {
 		ps := spec.Programs[n]
 		if _, err := e.LoadProgram(n, ps.Type, ps.Instructions); err != nil {
+			// One program calling a helper the vm lacks should not
+			// keep the others of its object from running.
+			if errors.Is(err, ErrHelperNotImplemented) {
+				if e.unloadable == nil {
+					e.unloadable = map[string]error{}
+				}
+				e.unloadable[n] = err
+				continue
+			}
 			return nil, fmt.Errorf("load collection: %w", err)
 		}
 	}
