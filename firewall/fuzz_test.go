@@ -1,6 +1,7 @@
 package firewall
 
 import (
+	"net/netip"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 func fuzzRules(tb testing.TB) []Rule {
 	return []Rule{
 		mustRule(tb, Rule{Src: pfx("198.18.1.10/32")}),
+		mustRule(tb, Rule{Dst: pfx("198.18.3.3/32")}),
 		mustRule(tb, Rule{Src: pfx("198.18.2.0/24")}),
 		mustRule(tb, Rule{Dst: pfx("fd00:5067::/64")}),
 		mustRule(tb, Rule{Dst: pfx("fd00:5067:1::10/128")}),
@@ -30,6 +32,7 @@ func FuzzProgramVerdict(f *testing.F) {
 	}
 	f.Add(tcp4(client4, host4, 1, 22))
 	f.Add(udp4(other4, host4, 55, 9))
+	f.Add(udp4(other4, netip.MustParseAddr("198.18.3.3"), 1000, 9))
 	rules := fuzzRules(f)
 	deny := newTestFirewall(f, Deny, rules...)
 	allow := newTestFirewall(f, Allow, rules...)
