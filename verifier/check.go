@@ -117,6 +117,7 @@ type pending struct {
 type verifier struct {
 	p        *program
 	maxInsns int
+	noPrune  bool
 
 	processed   int
 	peakStates  int
@@ -222,7 +223,7 @@ func (v *verifier) walk(i int) error {
 		if v.processed > v.maxInsns {
 			return v.reject(i, "too-complex", "program is too complex: more than %d instructions processed", v.maxInsns)
 		}
-		if v.p.pruneAt[i] {
+		if v.p.pruneAt[i] && !v.noPrune {
 			pruned, err := v.checkCache(i)
 			if err != nil {
 				return err

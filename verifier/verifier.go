@@ -57,6 +57,9 @@ type Options struct {
 	// MaxInsns is the complexity limit on processed instructions; zero
 	// means one million, as in the kernel.
 	MaxInsns int
+	// noPrune turns the pruning cache off, so every path is explored
+	// to its end: the reference that tests check pruning against.
+	noPrune bool
 }
 
 // Result describes an accepted program.
@@ -213,7 +216,7 @@ func Verify(spec *ebpf.ProgramSpec, opts *Options) (*Result, error) {
 	if maxInsns <= 0 {
 		maxInsns = 1_000_000
 	}
-	v := &verifier{p: p, maxInsns: maxInsns}
+	v := &verifier{p: p, maxInsns: maxInsns, noPrune: opts.noPrune}
 	if err := v.run(); err != nil {
 		return nil, setName(err)
 	}
