@@ -7,6 +7,7 @@ package guard_test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -197,6 +198,22 @@ func TestEndToEndEgressICMPEcho(t *testing.T) {
 			if s["new-denied"][1] < 2 {
 				t.Errorf("the dropped echo requests were not counted as new-denied: %v", s)
 			}
+			// And reported: an egress drop event for each request.
+			want := map[string]bool{"icmp 8 " + cl.Addr4.String(): false, "icmpv6 128 " + cl.Addr6.String(): false}
+			evs := drainEvents(t, srv)
+			for _, e := range evs {
+				if e.Direction == "egress" && e.Verdict == "drop" && e.Reason == "new-denied" && e.ICMPType != nil {
+					k := fmt.Sprintf("%s %d %s", e.Proto, *e.ICMPType, e.Dst)
+					if _, ok := want[k]; ok {
+						want[k] = true
+					}
+				}
+			}
+			for k, seen := range want {
+				if !seen {
+					t.Errorf("no egress new-denied drop event for echo request %q; events: %+v", k, evs)
+				}
+			}
 
 			// Inbound echo: needs an ingress rule; the stack's reply
 			// leaves through egress with no egress rule.
@@ -248,6 +265,26 @@ func TestEndToEndEgressICMPEcho(t *testing.T) {
 	}
 }
 
+// drainEvents returns the events waiting in the guard's ring buffer on l.
+func drainEvents(t *testing.T, l *nettest.Link) []guard.Event {
+	t.Helper()
+	g, err := guard.Open(bpffs.Dir(l.NS.Inode(), bpffs.Guard, l.Name), l.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	var evs []guard.Event
+	if err := g.Events(ctx, func(e guard.Event) error {
+		evs = append(evs, e)
+		return nil
+	}); err != nil {
+		t.Fatalf("events on %s: %v", l, err)
+	}
+	return evs
+}
+
 // xdpDrops sums the XDP_DROP counters of a veth end (ethtool -S
 // rx_queue_N_xdp_drops): packets the XDP program dropped in the driver.
 func xdpDrops(t *testing.T, l *nettest.Link) uint64 {
@@ -275,7 +312,7 @@ func xdpDrops(t *testing.T, l *nettest.Link) uint64 {
 
 // attachment is what the kernel says is attached to an interface.
 type attachment struct {
-	xdp                  ebpf.ProgramID // 0: none
+	xdp                   ebpf.ProgramID // 0: none
 	tcxIngress, tcxEgress []ebpf.ProgramID
 }
 
@@ -463,4 +500,61 @@ func TestEndToEndXDPWithEgress(t *testing.T) {
 	if !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Errorf("after unload a closed port should refuse; got %v", err)
 	}
+}
+
+// TestEndToEndXDPChainWithEgress is --xdp --egress with the firewall
+// loaded first: ingress goes into the firewall's chain, egress is a tcx
+// link of its own, and unloading the guard removes the egress link and
+// empties the slot while the firewall stays.
+func TestEndToEndXDPChainWithEgress(t *testing.T) {
+	top := nettest.NewTopology(t)
+	srv, cl := top.ServerLink, top.ClientLink
+	inAllowed := top.Server.TCPEchoServer(t, netip.AddrPortFrom(srv.Addr4, 0))
+	inDenied := top.Server.TCPEchoServer(t, netip.AddrPortFrom(srv.Addr4, 0))
+	outAllowed := top.Client.TCPEchoServer(t, netip.AddrPortFrom(cl.Addr4, 0))
+	outDenied := top.Client.TCPEchoServer(t, netip.AddrPortFrom(cl.Addr4, 0))
+	dir := bpffs.Dir(srv.NS.Inode(), bpffs.Guard, srv.Name)
+
+	mustSockgate(t, guardOn(srv, "firewall", "load", srv.Name, "--mode", "deny")...)
+	t.Cleanup(func() { sockgate(t, guardOn(srv, "firewall", "unload", srv.Name)...) })
+	fwXDP := attachments(t, srv).xdp
+	if fwXDP == 0 {
+		t.Fatal("the firewall attached no XDP program")
+	}
+	mustSockgate(t, guardOn(srv, "guard", "load", srv.Name, "--xdp", "--egress")...)
+	t.Cleanup(func() { sockgate(t, guardOn(srv, "guard", "unload", srv.Name)...) })
+	if out := mustSockgate(t, guardOn(srv, "guard", "stats", srv.Name)...); !strings.Contains(out, "xdp (firewall chain), egress true") {
+		t.Errorf("stats does not show the chain and egress:\n%s", out)
+	}
+	a := attachments(t, srv)
+	if a.xdp != fwXDP {
+		t.Errorf("XDP program on %s changed from the firewall's %d to %d", srv, fwXDP, a.xdp)
+	}
+	if want := pinnedLinkProg(t, filepath.Join(dir, "link_egress")); len(a.tcxEgress) != 1 || a.tcxEgress[0] != want {
+		t.Errorf("tcx egress programs on %s: %v, want only the pinned link's %d", srv, a.tcxEgress, want)
+	}
+	if len(a.tcxIngress) != 0 || bpffs.Exists(filepath.Join(dir, "link_xdp")) {
+		t.Errorf("ingress attached outside the chain: tcx ingress %v, link_xdp pinned %v", a.tcxIngress, bpffs.Exists(filepath.Join(dir, "link_xdp")))
+	}
+
+	mustSockgate(t, guardOn(srv, "guard", "allow", srv.Name, "--from", cl.Prefix4.String(), "--proto", "tcp", "--port", fmt.Sprint(inAllowed.Port()))...)
+	mustSockgate(t, guardOn(srv, "guard", "allow", srv.Name, "--to", cl.Addr4.String(), "--proto", "tcp", "--port", fmt.Sprint(outAllowed.Port()))...)
+	expectEcho(t, cl.NS, inAllowed)
+	expectTimeout(t, cl.NS, inDenied)
+	expectEcho(t, srv.NS, outAllowed)
+	if c, err := srv.NS.DialTCP(outDenied, dropTimeout); err == nil {
+		c.Close()
+		t.Errorf("outbound TCP no egress rule allows got through")
+	}
+
+	mustSockgate(t, guardOn(srv, "guard", "unload", srv.Name)...)
+	if bpffs.Exists(dir) {
+		t.Errorf("pins left after unload in %s", dir)
+	}
+	a = attachments(t, srv)
+	if len(a.tcxEgress) != 0 || a.xdp != fwXDP {
+		t.Errorf("after unloading the guard: %+v; want no egress program and the firewall's XDP %d", a, fwXDP)
+	}
+	expectEcho(t, cl.NS, inDenied)
+	expectEcho(t, srv.NS, outDenied)
 }
