@@ -15,8 +15,11 @@ import (
 // whose arms set, combine, spill and fill small numbers in r0-r5, some of
 // which are then used as map value offsets or decide branches. Whether it
 // is safe depends on which values meet at each join, which is what the
-// pruning cache's precision tracking must get right.
+// pruning cache's precision tracking must get right. Some programs also
+// call a function that returns a number derived from its argument and
+// reads and writes a caller's stack slot through a pointer.
 func genDiamonds(rng *rand.Rand) asm.Instructions {
+	withCall := rng.IntN(2) == 0
 	imms := []int32{0, 1, 4, 7, 8, 12, 15, 16, 40}
 	r := func() asm.Register { return asm.Register(rng.IntN(6)) }
 	slot := func() int16 { return -8 * int16(1+rng.IntN(4)) }
@@ -36,8 +39,24 @@ func genDiamonds(rng *rand.Rand) asm.Instructions {
 	out = append(out, asm.Mov.Imm(asm.R8, 0))
 	label := 0
 	newLabel := func() string { label++; return fmt.Sprintf("l%d", label) }
+	// r0 = fn(rX, &slot, mode), then r1-r5 are numbers again, one of
+	// them the result.
+	call := func() asm.Instructions {
+		o := asm.Instructions{asm.Mov.Reg(asm.R1, r()), asm.Mov.Reg(asm.R2, asm.RFP), asm.Add.Imm(asm.R2, int32(slot())),
+			asm.Mov.Imm(asm.R3, int32(rng.IntN(2))), asm.Call.Label("fn")}
+		for x := asm.R1; x <= asm.R5; x++ {
+			o = append(o, asm.Mov.Imm(x, 0))
+		}
+		return append(o, asm.Mov.Reg(r(), asm.R0))
+	}
 	op := func() asm.Instructions {
-		switch rng.IntN(11) {
+		n := 11
+		if withCall {
+			n = 13
+		}
+		switch rng.IntN(n) {
+		case 11, 12:
+			return call()
 		case 0, 1:
 			return asm.Instructions{asm.Mov.Imm(r(), imms[rng.IntN(len(imms))])}
 		case 2:
@@ -83,8 +102,24 @@ func genDiamonds(rng *rand.Rand) asm.Instructions {
 			out = append(out, use()...)
 		}
 	}
+	if withCall {
+		out = append(out, call()...)
+	}
 	out = append(out, use()...)
-	return append(out, asm.Mov.Imm(asm.R0, 0), asm.Return())
+	out = append(out, asm.Mov.Imm(asm.R0, 0), asm.Return())
+	if withCall {
+		// fn(r1, r2 = pointer to a caller's stack slot, r3 = mode):
+		// mode 0 adds the slot to r1 and stores r1 into it; any
+		// mode returns r1 (+ the slot).
+		out = append(out,
+			asm.Mov.Reg(asm.R0, asm.R1).WithSymbol("fn"),
+			asm.JNE.Imm(asm.R3, 0, "fn_out"),
+			asm.LoadMem(asm.R4, asm.R2, 0, asm.DWord),
+			asm.Add.Reg(asm.R0, asm.R4),
+			asm.StoreMem(asm.R2, 0, asm.R1, asm.DWord),
+			asm.Return().WithSymbol("fn_out"))
+	}
+	return out
 }
 
 // TestPruningSound checks pruning against exhaustive exploration on
