@@ -392,11 +392,38 @@ static __always_inline int is_icmp_error(const struct packet *pkt)
 }
 
 /*
+ * is_echo_quote - does an ICMP error quote an echo request that this host
+ * sent (quoted source = the error's destination)? No helper looks up ping
+ * or raw sockets, so such errors get the trust echo replies get: the
+ * kernel hands them only to the socket whose echo identifier they carry.
+ * Without this, ping would never hear "unreachable" and traceroute -I or
+ * mtr would see no hop answer.
+ */
+static __always_inline int is_echo_quote(const struct packet *pkt, __u8 proto,
+					 const void *pos, const void *data_end,
+					 const __u8 *local)
+{
+	const __u8 *type = pos;
+	const __u32 *a = (const __u32 *)local, *b = (const __u32 *)pkt->dst;
+
+	if ((const void *)(type + 1) > data_end)
+		return 0;
+	if (pkt->family == PKT_AF_INET) {
+		if (proto != IPPROTO_ICMP || *type != ICMP_ECHO)
+			return 0;
+	} else if (proto != IPPROTO_ICMPV6 || *type != ICMPV6_ECHO_REQUEST) {
+		return 0;
+	}
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+}
+
+/*
  * icmp_error - an ICMP error passes only when the packet it quotes (one we
  * sent: source local, destination remote) belongs to a local socket, so
- * path MTU discovery works and spoofed errors don't reach the stack. The
- * quoted IPv6 header must be followed directly by TCP or UDP; quoted
- * extension headers are not walked.
+ * path MTU discovery works and spoofed errors don't reach the stack. A
+ * quoted echo request of ours passes too (is_echo_quote). The quoted IPv6
+ * header must be followed directly by TCP, UDP or ICMPv6; quoted extension
+ * headers are not walked.
  */
 static __always_inline int icmp_error(void *ctx, const struct packet *pkt,
 				      void *data, void *data_end, __u64 netns)
@@ -437,6 +464,8 @@ static __always_inline int icmp_error(void *ctx, const struct packet *pkt,
 		__builtin_memcpy(remote, &ip6->daddr, 16);
 		pos = ip6 + 1;
 	}
+	if (is_echo_quote(pkt, proto, pos, data_end, local))
+		return VERDICT(GUARD_ICMP_RELATED, 0);
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		return VERDICT(GUARD_ICMP_UNRELATED, 1);
 	ports = pos;

@@ -5,7 +5,6 @@ package guard_test
 // together with the TC egress program.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -46,6 +45,15 @@ func enablePingSockets(t *testing.T, ns *nettest.NS) {
 // skb->sk set. A request the egress program drops either gets no reply or
 // fails to send (TC_ACT_SHOT surfaces as ENOBUFS); both wrap errNoReply.
 func ping(ns *nettest.NS, dst netip.Addr, timeout time.Duration) error {
+	return pingHops(ns, dst, timeout, 0)
+}
+
+// pingHops is ping with the request's TTL (hop limit) set to hops, 0 for
+// the default, the way traceroute -I probes a path. The socket asks for
+// ICMP errors (IP_RECVERR), as ping does: an unreachable or time-exceeded
+// answer makes the receive fail with ENETUNREACH, EHOSTUNREACH and the
+// like, which the error wraps.
+func pingHops(ns *nettest.NS, dst netip.Addr, timeout time.Duration, hops int) error {
 	return ns.Do(func() error {
 		family, proto := unix.AF_INET, unix.IPPROTO_ICMP
 		reqType, replyType := byte(8), byte(0)
@@ -62,6 +70,20 @@ func ping(ns *nettest.NS, dst netip.Addr, timeout time.Duration) error {
 			return fmt.Errorf("ping socket (net.ipv4.ping_group_range?): %w", err)
 		}
 		defer unix.Close(fd)
+		if dst.Is4() {
+			err = unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_RECVERR, 1)
+			if err == nil && hops > 0 {
+				err = unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_TTL, hops)
+			}
+		} else {
+			err = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_RECVERR, 1)
+			if err == nil && hops > 0 {
+				err = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_UNICAST_HOPS, hops)
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("ping socket options: %w", err)
+		}
 		// The kernel fills in the identifier (the socket's "port") and
 		// the checksum; the sequence number and payload are ours.
 		token := make([]byte, 16)
@@ -112,10 +134,10 @@ func expectNoPing(t *testing.T, ns *nettest.NS, dst netip.Addr) {
 	}
 }
 
-// inEchos returns how many echo requests the stack of ns has received,
-// for IPv4 (Icmp InEchos) and IPv6 (Icmp6InEchos): proof that a request
-// never left the guarded host, rather than its reply being lost.
-func inEchos(t *testing.T, ns *nettest.NS) (v4, v6 uint64) {
+// icmpIn returns the named counters of ns's ICMP stack (/proc/net/snmp
+// "Icmp:" fields such as InEchos, and /proc/net/snmp6 fields such as
+// Icmp6InEchos); a missing name fails the test.
+func icmpIn(t *testing.T, ns *nettest.NS, names ...string) []uint64 {
 	t.Helper()
 	var snmp, snmp6 []byte
 	// /proc/thread-self/net is the namespace of the thread, which Do
@@ -131,8 +153,8 @@ func inEchos(t *testing.T, ns *nettest.NS) (v4, v6 uint64) {
 	if err != nil {
 		t.Fatalf("read ICMP counters of %s: %v", ns, err)
 	}
+	all := map[string]uint64{}
 	var head []string
-	found4, found6 := false, false
 	for _, line := range strings.Split(string(snmp), "\n") {
 		f := strings.Fields(line)
 		if len(f) == 0 || f[0] != "Icmp:" {
@@ -143,23 +165,32 @@ func inEchos(t *testing.T, ns *nettest.NS) (v4, v6 uint64) {
 			continue
 		}
 		for i := 1; i < len(f) && i < len(head); i++ {
-			if head[i] == "InEchos" {
-				v4, _ = strconv.ParseUint(f[i], 10, 64)
-				found4 = true
-			}
+			all[head[i]], _ = strconv.ParseUint(f[i], 10, 64)
 		}
 	}
-	sc := bufio.NewScanner(bytes.NewReader(snmp6))
-	for sc.Scan() {
-		if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == "Icmp6InEchos" {
-			v6, _ = strconv.ParseUint(f[1], 10, 64)
-			found6 = true
+	for _, line := range strings.Split(string(snmp6), "\n") {
+		if f := strings.Fields(line); len(f) == 2 {
+			all[f[0]], _ = strconv.ParseUint(f[1], 10, 64)
 		}
 	}
-	if !found4 || !found6 {
-		t.Fatalf("no InEchos counters in %s's snmp/snmp6", ns)
+	out := make([]uint64, len(names))
+	for i, n := range names {
+		v, ok := all[n]
+		if !ok {
+			t.Fatalf("no ICMP counter %s in %s's snmp/snmp6", n, ns)
+		}
+		out[i] = v
 	}
-	return v4, v6
+	return out
+}
+
+// inEchos returns how many echo requests the stack of ns has received,
+// for IPv4 and IPv6: proof that a request never left the guarded host,
+// rather than its reply being lost.
+func inEchos(t *testing.T, ns *nettest.NS) (v4, v6 uint64) {
+	t.Helper()
+	c := icmpIn(t, ns, "InEchos", "Icmp6InEchos")
+	return c[0], c[1]
 }
 
 // TestEndToEndEgressICMPEcho pings out of and into a host guarded with
@@ -557,4 +588,111 @@ func TestEndToEndXDPChainWithEgress(t *testing.T) {
 	}
 	expectEcho(t, cl.NS, inDenied)
 	expectEcho(t, srv.NS, outDenied)
+}
+
+// inject sends a raw Ethernet frame out of l (AF_PACKET), as a hostile
+// peer could.
+func inject(t *testing.T, l *nettest.Link, frame []byte) {
+	t.Helper()
+	err := l.NS.Do(func() error {
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		return unix.Sendto(fd, frame, 0, &unix.SockaddrLinklayer{Ifindex: l.Index, Halen: 6})
+	})
+	if err != nil {
+		t.Fatalf("inject a frame on %s: %v", l, err)
+	}
+}
+
+// TestEndToEndICMPErrorsForPing: ICMP errors about the guarded host's own
+// echo requests reach the stack (icmp-related), so ping reports
+// "unreachable" and traceroute -I sees the hops, over IPv4 and IPv6. The
+// client namespace is the router: it forwards, has no route onward, and
+// answers probes with TTL 1 with time exceeded. Errors whose quote is not
+// a request this host sent still drop.
+func TestEndToEndICMPErrorsForPing(t *testing.T) {
+	top := nettest.NewTopology(t)
+	srv, rt := top.ServerLink, top.ClientLink
+	enablePingSockets(t, srv.NS)
+	rt.NS.Exec(t, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	rt.NS.Exec(t, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+	// far4/far6: the router has no route (destination unreachable).
+	// hop4/hop6: the router has a route (back towards the server, which
+	// doesn't forward), so a probe with TTL 1 gets time exceeded; the
+	// route lookup comes before the TTL check.
+	far4 := netip.MustParsePrefix("198.19.250.0/24")
+	far6 := netip.MustParsePrefix("fd00:5067:fffe::/64")
+	hop4 := netip.MustParsePrefix("198.19.249.0/24")
+	hop6 := netip.MustParsePrefix("fd00:5067:fffc::/64")
+	for _, p := range []netip.Prefix{far4, far6, hop4, hop6} {
+		via := rt.Addr4
+		if p.Addr().Is6() {
+			via = rt.Addr6
+		}
+		srv.NS.Exec(t, "ip", "route", "add", p.String(), "via", via.String())
+	}
+	rt.NS.Exec(t, "ip", "route", "add", hop4.String(), "via", srv.Addr4.String())
+	rt.NS.Exec(t, "ip", "route", "add", hop6.String(), "via", srv.Addr6.String())
+	dst4, dst6 := far4.Addr().Next(), far6.Addr().Next()
+
+	mustSockgate(t, guardOn(srv, "guard", "load", srv.Name, "--egress")...)
+	t.Cleanup(func() { sockgate(t, guardOn(srv, "guard", "unload", srv.Name)...) })
+	for _, p := range []netip.Prefix{far4, far6, hop4, hop6} {
+		mustSockgate(t, guardOn(srv, "guard", "allow", srv.Name, "--to", p.String(), "--proto", "icmp")...)
+	}
+
+	counters := []string{"InDestUnreachs", "InTimeExcds", "Icmp6InDestUnreachs", "Icmp6InTimeExcds"}
+	probes := []struct {
+		name    string
+		dst     netip.Addr
+		hops    int
+		counter int // index into counters
+		want    error
+	}{
+		{"IPv4 destination unreachable", dst4, 0, 0, unix.ENETUNREACH},
+		{"IPv4 time exceeded", hop4.Addr().Next(), 1, 1, unix.EHOSTUNREACH},
+		{"IPv6 destination unreachable", dst6, 0, 2, unix.ENETUNREACH},
+		{"IPv6 time exceeded", hop6.Addr().Next(), 1, 3, unix.EHOSTUNREACH},
+	}
+	for _, p := range probes {
+		before := icmpIn(t, srv.NS, counters...)
+		related := stats(t, srv)["icmp-related"][0]
+		err := pingHops(srv.NS, p.dst, 2*time.Second, p.hops)
+		if !errors.Is(err, p.want) {
+			t.Errorf("%s: ping %s (ttl %d): %v; want the router's error reported (%v)", p.name, p.dst, p.hops, err, p.want)
+		}
+		if after := icmpIn(t, srv.NS, counters...); after[p.counter] <= before[p.counter] {
+			t.Errorf("%s: %s %d -> %d: the error did not reach the stack", p.name, counters[p.counter], before[p.counter], after[p.counter])
+		}
+		if got := stats(t, srv)["icmp-related"][0]; got <= related {
+			t.Errorf("%s: icmp-related %d -> %d", p.name, related, got)
+		}
+	}
+
+	// A forged error quoting an echo request some other host sent drops.
+	other4 := netip.MustParseAddr("198.19.251.7")
+	other6 := netip.MustParseAddr("fd00:5067:fffd::7")
+	forged := [][]byte{
+		nettest.NewPacket().Ethernet(rt.MAC, srv.MAC).IPv4(rt.Addr4, srv.Addr4).
+			ICMPv4Error(nettest.ICMPv4DestUnreachable, 1).
+			Payload(nettest.NewPacket().IPv4(other4, dst4).ICMPv4EchoRequest(7, 1).Bytes()).Bytes(),
+		nettest.NewPacket().Ethernet(rt.MAC, srv.MAC).IPv6(rt.Addr6, srv.Addr6).
+			ICMPv6Error(nettest.ICMPv6DestUnreachable, 3, 0).
+			Payload(nettest.NewPacket().IPv6(other6, dst6).ICMPv6EchoRequest(7, 1).Bytes()).Bytes(),
+	}
+	before := icmpIn(t, srv.NS, counters...)
+	unrelated := stats(t, srv)["icmp-unrelated"][1]
+	for _, f := range forged {
+		inject(t, rt, f)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if got := stats(t, srv)["icmp-unrelated"][1]; got < unrelated+2 {
+		t.Errorf("forged errors quoting another host's echo requests: icmp-unrelated drops %d -> %d, want +2", unrelated, got)
+	}
+	if after := icmpIn(t, srv.NS, counters...); after[0] != before[0] || after[2] != before[2] {
+		t.Errorf("forged errors reached the stack: %v -> %v (%v)", before, after, counters)
+	}
 }
