@@ -1,8 +1,9 @@
 package guard_test
 
-// End-to-end tests of two combinations the other end-to-end tests leave
-// out: ICMP echo through the egress program, and the XDP ingress program
-// together with the TC egress program.
+// End-to-end tests of combinations the other end-to-end tests leave out:
+// ICMP echo through the egress program, ICMP errors about the host's own
+// echo requests, and the XDP ingress program together with the TC egress
+// program (alone and behind the firewall).
 
 import (
 	"bytes"
