@@ -9,21 +9,26 @@
  * (prefix length, protocol, family, port, ifindex, masked address). A
  * binding for all ports is stored with port 0; a port range is expanded to
  * one entry per port, with the control plane resolving overlaps at the
- * same prefix. Marker entries list, per protocol and family, the prefix
- * lengths in use, longest first. A lookup walks those lengths and stops at
- * the first (longest) one with a match, making at most four hash lookups
- * there: {the port, all ports} x {the ingress interface, any interface};
- * it keeps the candidate with the highest priority, which the control
- * plane computed from the documented precedence (longest prefix, then
- * exact port, range, all ports, then interface-scoped over unscoped).
+ * same prefix. dp_prefix_lens, a constant of each program instance, lists per
+ * protocol and family the prefix lengths in use, longest first. A lookup
+ * walks those lengths and stops at the first (longest) one with a match,
+ * making at most four hash lookups there: {the port, all ports} x {the
+ * ingress interface, any interface}; it keeps the candidate with the
+ * highest priority, which the control plane computed from the documented
+ * precedence (longest prefix, then exact port, range, all ports, then
+ * interface-scoped over unscoped).
  *
  * The cost depends on the number of distinct prefix lengths, not on the
  * number of bindings: an LPM trie's walk deepens as it fills (measured
  * here: 60 ns with 10 bindings, 420 ns with 100k), hash lookups don't.
  *
- * The table sits in a one-slot array of maps so that replacing the whole
- * binding set is one pointer swap: a lookup sees the old set or the new one,
- * never a mix and never an empty table.
+ * Each binding set is a generation: a new table and a new instance of this
+ * program, with the table and the lengths bound to it, swapped into the
+ * namespace's bpf_link in one update. A lookup sees the old set or the new
+ * one, never a mix and never an empty table. Binding the table and the
+ * lengths to the program rather than reaching them through an array of
+ * maps and marker entries saves two map lookups per connection, which in
+ * a real connect (cold caches) cost ~100-150 ns.
  *
  * Verdicts: no binding matches -> SK_PASS without a selection, so the
  * kernel's own lookup and other sk_lookup programs decide. A binding matches
@@ -51,30 +56,27 @@
 #define DP_F_REPLACE		(1 << 1)	/* override an earlier program's pick */
 
 /*
- * Size of the template generation. Generations are created by the control
- * plane sized to their content (the kernel does not compare max_entries
- * of hash inner maps with the template's), so an empty dispatcher costs
- * little and a big binding set costs in proportion.
+ * Size of dp_table as compiled. The control plane sizes each generation's
+ * table to its content, so an empty dispatcher costs little and a big
+ * binding set costs in proportion.
  */
 #define DP_TEMPLATE_ENTRIES	1024
 #define DP_MAX_LABELS		16384
 #define DP_MAX_BINDINGS		(1 << 18)
 #define DP_LABEL_MAX		256	/* 255 bytes and a NUL */
 
-/*
- * Key of the binding table. prefixlen is the prefix length of a binding
- * (0-32, 0-128) and addr is masked to it; DP_MARKER + n keys the n-th
- * marker entry of a protocol and family (port, ifindex, addr zero).
- */
-#define DP_MARKER		0x100
-#define DP_MARKERS		12	/* 12 x 11 lengths >= 129 */
-#define DP_LENS_PER_MARKER	11
-#define DP_MARKER_FLAGS		11	/* byte of the flags in a marker */
+/* Bits of dp_lens.flags. */
 #define DP_MF_IFACE		(1 << 0)	/* interface-scoped bindings exist */
 #define DP_MF_NO_PORTS		(1 << 1)	/* no binding names a port or range */
 #define DP_MF_NO_ALL_PORTS	(1 << 2)	/* no binding covers all ports */
+
+#define DP_MAX_LENS		129	/* prefix lengths 0-128 */
 #define DP_LEN_END		0xff
 
+/*
+ * Key of the binding table. prefixlen is the prefix length of a binding
+ * (0-32, 0-128) and addr is masked to it.
+ */
 struct dp_key {
 	__u32 prefixlen;
 	__u8 protocol;		/* IPPROTO_TCP or IPPROTO_UDP */
@@ -84,17 +86,7 @@ struct dp_key {
 	__u8 addr[16];		/* IPv4 in the first 4 bytes */
 };
 
-/*
- * What a table entry resolves to. A marker entry holds instead up to 11
- * prefix lengths as bytes, longest first, DP_LEN_END after the last, and
- * in its last byte flags (DP_MF_*) that let a lookup skip the probes it
- * doesn't need: without interface-scoped bindings of the protocol and
- * family, a level costs one or two hash lookups instead of two to four,
- * and one when the bindings all name ports or all cover every port. Each
- * probe skipped is worth ~100 ns of a real connect here (cold caches),
- * against ~20 ns in a BPF_PROG_TEST_RUN loop. A marker written before a
- * flag existed has it clear, which only costs the probe.
- */
+/* What a table entry resolves to. */
 struct dp_target {
 	__u32 label_id;
 	__u32 priority;		/* higher wins; computed by the control plane */
@@ -163,11 +155,7 @@ struct dp_state {
 	__u32 layout;		/* map layout version, checked by upgrade */
 };
 
-/*
- * A generation of the binding table. The template is a real, empty map: it
- * gives the inner map's types to BTF (an inner definition alone leaves
- * them as forward declarations) and is the first generation on load.
- */
+/* The binding table of this generation (one per program instance). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -176,18 +164,26 @@ struct {
 	__type(value, struct dp_target);
 } dp_table SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__array(values, struct {
-		__uint(type, BPF_MAP_TYPE_HASH);
-		__uint(map_flags, BPF_F_NO_PREALLOC);
-		__uint(max_entries, DP_TEMPLATE_ENTRIES);
-		__type(key, struct dp_key);
-		__type(value, struct dp_target);
-	});
-} dp_bindings SEC(".maps");
+/*
+ * The prefix lengths in dp_table of one protocol and family, longest
+ * first, DP_LEN_END after the last, and flags (DP_MF_*) that let a lookup
+ * skip the probes that can't hit: without interface-scoped bindings a
+ * length costs one or two hash lookups instead of two to four, and one
+ * when the bindings all name ports or all cover every port.
+ */
+struct dp_lens {
+	__u8 lens[DP_MAX_LENS + 1];
+	__u8 flags;
+	__u8 pad[2];
+};
+
+/*
+ * Per protocol and family, indexed by lens_index(): set by the control
+ * plane for each generation. As compiled, no lengths: nothing is bound.
+ */
+volatile const struct dp_lens dp_prefix_lens[4] = {
+	[0 ... 3] = { .lens = { [0 ... DP_MAX_LENS] = DP_LEN_END } },
+};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKMAP);
@@ -286,13 +282,18 @@ static __always_inline void mask_addr(__u32 *a, const __u32 *full, __u32 len)
 	}
 }
 
+/* Index of a protocol and family in dp_prefix_lens. */
+static __always_inline __u32 lens_index(__u8 protocol, __u8 family)
+{
+	return (protocol == IPPROTO_UDP) << 1 | (family == 6);
+}
+
 struct walk {
-	void *table;
 	struct dp_key *key;
 	const __u32 *full;
 	__u32 ifindex;
 	__u32 port;
-	__u8 marker_flags;	/* DP_MF_* of the protocol and family */
+	__u8 marker_flags;	/* dp_lens.flags of the protocol and family */
 	const struct dp_target *best;
 };
 
@@ -313,19 +314,19 @@ static __always_inline void try_len(struct walk *w, __u32 len)
 		key->port = w->port;
 		if (w->ifindex) {
 			key->ifindex = w->ifindex;
-			best = better(best, bpf_map_lookup_elem(w->table, key));
+			best = better(best, bpf_map_lookup_elem(&dp_table, key));
 		}
 		key->ifindex = 0;
-		best = better(best, bpf_map_lookup_elem(w->table, key));
+		best = better(best, bpf_map_lookup_elem(&dp_table, key));
 	}
 	if (!best && !(w->marker_flags & DP_MF_NO_ALL_PORTS)) {
 		key->port = 0;
 		if (w->ifindex) {
 			key->ifindex = w->ifindex;
-			best = better(best, bpf_map_lookup_elem(w->table, key));
+			best = better(best, bpf_map_lookup_elem(&dp_table, key));
 		}
 		key->ifindex = 0;
-		best = better(best, bpf_map_lookup_elem(w->table, key));
+		best = better(best, bpf_map_lookup_elem(&dp_table, key));
 	}
 	w->best = best;
 }
@@ -333,14 +334,14 @@ static __always_inline void try_len(struct walk *w, __u32 len)
 SEC("sk_lookup")
 int dispatch(struct bpf_sk_lookup *ctx)
 {
-	struct dp_key key = {}, mkey = {};
+	const volatile struct dp_lens *l;
+	struct dp_key key = {};
 	const struct dp_target *best;
-	__u32 full[4] = {}, zero = 0, label, slot, m, i;
+	__u32 full[4] = {}, zero = 0, label, slot, i;
 	struct dp_metrics *m_ctr;
 	struct walk w = {};
 	struct bpf_sock *sk;
 	__u64 flags = 0;
-	void *table;
 	long err;
 
 	if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
@@ -360,40 +361,23 @@ int dispatch(struct bpf_sk_lookup *ctx)
 		return SK_PASS;
 	}
 
-	table = bpf_map_lookup_elem(&dp_bindings, &zero);
-	if (!table)
-		return SK_PASS;
-
-	w.table = table;
 	w.key = &key;
 	w.full = full;
 	w.port = ctx->local_port;
 
-	mkey.protocol = key.protocol;
-	mkey.family = key.family;
-	for (m = 0; m < DP_MARKERS && !w.best; m++) {
-		const __u8 *lens;
+	l = &dp_prefix_lens[lens_index(key.protocol, key.family)];
+	w.marker_flags = l->flags;
+	if (w.marker_flags & DP_MF_IFACE)
+		w.ifindex = ctx->ingress_ifindex;
+	for (i = 0; i < DP_MAX_LENS; i++) {
+		__u32 len = l->lens[i];
 
-		mkey.prefixlen = DP_MARKER + m;
-		lens = bpf_map_lookup_elem(table, &mkey);
-		if (!lens)
+		if (len > 128)
 			break;
-		if (m == 0) {
-			w.marker_flags = lens[DP_MARKER_FLAGS];
-			if (w.marker_flags & DP_MF_IFACE)
-				w.ifindex = ctx->ingress_ifindex;
-		}
-		for (i = 0; i < DP_LENS_PER_MARKER; i++) {
-			__u32 len = lens[i];
-
-			if (len > 128)
-				goto done;
-			try_len(&w, len);
-			if (w.best)
-				goto done;
-		}
+		try_len(&w, len);
+		if (w.best)
+			break;
 	}
-done:
 	best = w.best;
 	if (!best) {
 		m_ctr = bpf_map_lookup_elem(&dp_counters, &zero);

@@ -1,7 +1,6 @@
 package dispatch
 
 import (
-	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -25,24 +24,39 @@ const (
 	flagReplace     = 1 << 1
 )
 
-// Marker entries (DP_MARKER in dispatch.c): per protocol and family, the
-// prefix lengths in use, longest first, 12 to an entry.
+// The prefix lengths of a generation (dp_prefix_lens in dispatch.c): per
+// protocol and family, the lengths in use, longest first, then lenEnd, and
+// flags that let a lookup skip probes that can't hit.
 const (
-	markerBase    = 0x100
-	maxMarkers    = 12
-	lensPerMarker = 11
-	markerFlags   = 11     // byte of the flags in a marker entry
-	markerIface   = 1 << 0 // interface-scoped bindings exist
-	markerNoPorts = 1 << 1 // no binding names a port or range: skip that probe
-	markerNoAll   = 1 << 2 // no binding covers all ports: skip that probe
-	lenEnd        = 0xff
+	lensIface   = 1 << 0 // interface-scoped bindings exist
+	lensNoPorts = 1 << 1 // no binding names a port or range: skip that probe
+	lensNoAll   = 1 << 2 // no binding covers all ports: skip that probe
+	lenEnd      = 0xff
 )
+
+// prefixLens is dp_prefix_lens: one entry per protocol and family, at
+// lensIndex.
+type prefixLens [4]dispatcherDpLens
+
+// lensIndex is the index of a protocol and family in dp_prefix_lens
+// (lens_index in dispatch.c).
+func lensIndex(proto uint8, fam uint8) int {
+	i := 0
+	if proto == uint8(UDP) {
+		i |= 2
+	}
+	if fam == 6 {
+		i |= 1
+	}
+	return i
+}
 
 // layoutVersion is stored in dp_meta at load; upgrade refuses an object
 // whose maps are laid out differently. 2: dp_sockets is a socket array
 // indexed by socketSlot (it was a socket hash keyed by label, family and
-// protocol).
-const layoutVersion = 2
+// protocol). 3: the binding table and its prefix lengths are bound to each
+// program instance (they were an array of maps and marker entries).
+const layoutVersion = 3
 
 // socketSlot is the index of a label's socket of one family (4 or 6) and
 // protocol in dp_sockets (socket_slot in dispatch.c).
@@ -157,18 +171,18 @@ func labelFromKey(k labelKey) string {
 	return string(b)
 }
 
-// markerFlags returns the flags of a protocol and family's first marker,
+// lensFlags returns the flags of a protocol and family's prefix lengths,
 // which let a lookup skip the probes that can't hit.
-func markerFlagsOf(scoped, ported, allPorts bool) byte {
-	var f byte
+func lensFlags(scoped, ported, allPorts bool) uint8 {
+	var f uint8
 	if scoped {
-		f |= markerIface
+		f |= lensIface
 	}
 	if !ported {
-		f |= markerNoPorts
+		f |= lensNoPorts
 	}
 	if !allPorts {
-		f |= markerNoAll
+		f |= lensNoAll
 	}
 	return f
 }
@@ -180,11 +194,11 @@ type resolved struct {
 	ifindex uint32
 }
 
-// compile expands bindings into table entries, plus the marker entries
-// that list each protocol and family's prefix lengths. Bindings that expand to the
-// same key differ only in their ports (duplicates were rejected before);
-// the key goes to the more specific one (see beats).
-func compile(rs []resolved) map[tableKey]tableTarget {
+// compile expands bindings into table entries and lists each protocol
+// and family's prefix lengths. Bindings that expand to the same key differ
+// only in their ports (duplicates were rejected before); the key goes to
+// the more specific one (see beats).
+func compile(rs []resolved) (map[tableKey]tableTarget, prefixLens) {
 	out := make(map[tableKey]tableTarget)
 	owner := make(map[tableKey]Binding)
 	put := func(r resolved, port uint16) {
@@ -219,30 +233,24 @@ func compile(rs []resolved) map[tableKey]tableTarget {
 			put(r, uint16(p))
 		}
 	}
+	var pl prefixLens
+	for i := range pl {
+		for j := range pl[i].Lens {
+			pl[i].Lens[j] = lenEnd
+		}
+		pl[i].Flags = lensNoPorts | lensNoAll
+	}
 	for k, set := range lens {
 		var sorted []int
 		for l := range set {
 			sorted = append(sorted, l)
 		}
 		sort.Sort(sort.Reverse(sort.IntSlice(sorted)))
-		for m := 0; m*lensPerMarker < len(sorted) || m == 0; m++ {
-			var b [12]byte
-			for i := range lensPerMarker {
-				b[i] = lenEnd
-				if j := m*lensPerMarker + i; j < len(sorted) {
-					b[i] = byte(sorted[j])
-				}
-			}
-			if m == 0 {
-				b[markerFlags] = markerFlagsOf(scoped[k], ported[k], allPorts[k])
-			}
-			key := tableKey{Prefixlen: markerBase + uint32(m), Protocol: k.proto, Family: k.fam}
-			out[key] = tableTarget{
-				LabelId:  binary.NativeEndian.Uint32(b[0:4]),
-				Priority: binary.NativeEndian.Uint32(b[4:8]),
-				Flags:    binary.NativeEndian.Uint32(b[8:12]),
-			}
+		e := &pl[lensIndex(k.proto, k.fam)]
+		for i, l := range sorted {
+			e.Lens[i] = uint8(l)
 		}
+		e.Flags = lensFlags(scoped[k], ported[k], allPorts[k])
 	}
-	return out
+	return out, pl
 }

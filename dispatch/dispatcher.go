@@ -27,7 +27,6 @@ var ErrLoaded = errors.New("a dispatcher is already loaded in this network names
 const (
 	pinLink     = "link"
 	currentDir  = "current"
-	mapBindings = "dp_bindings"
 	mapSockets  = "dp_sockets"
 	mapCounters = "dp_counters"
 	mapSpecs    = "dp_specs"
@@ -44,7 +43,6 @@ type Dispatcher struct {
 	netns uint64 // inode of the namespace the program is attached to
 
 	link     link.Link
-	bindings *ebpf.Map
 	sockets  *ebpf.Map
 	counters *ebpf.Map
 	specs    *ebpf.Map
@@ -89,15 +87,12 @@ func Load() (*Dispatcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load BPF object: %w", err)
 	}
-	var objs dispatcherObjects
-	if err := bpfload.Assign(spec, &objs, nil); err != nil {
-		return nil, fmt.Errorf("load dispatcher program: %w", err)
+	// The first generation: no bindings.
+	objs, err := newGeneration(spec, nil, nil, nil)
+	if err != nil {
+		return nil, err
 	}
 	defer objs.Close()
-
-	if err := objs.DpBindings.Put(uint32(0), objs.DpTable); err != nil {
-		return nil, fmt.Errorf("install the first binding table: %w", err)
-	}
 	if err := objs.DpMeta.Put(uint32(0), metaValue{NextLabelId: 1, Layout: layoutVersion}); err != nil {
 		return nil, fmt.Errorf("initialise dp_meta: %w", err)
 	}
@@ -134,7 +129,7 @@ func Load() (*Dispatcher, error) {
 		return nil, err
 	}
 	for name, m := range map[string]*ebpf.Map{
-		mapBindings: objs.DpBindings, mapSockets: objs.DpSockets, mapCounters: objs.DpCounters,
+		mapSockets: objs.DpSockets, mapCounters: objs.DpCounters,
 		mapSpecs: objs.DpSpecs, mapLabels: objs.DpLabels, mapMeta: objs.DpMeta,
 	} {
 		if err := pin(name, m); err != nil {
@@ -177,7 +172,7 @@ func open(base string, ino uint64) (*Dispatcher, error) {
 		return nil, fmt.Errorf("open pinned link: %w", err)
 	}
 	maps := map[string]**ebpf.Map{
-		mapBindings: &d.bindings, mapSockets: &d.sockets, mapCounters: &d.counters,
+		mapSockets: &d.sockets, mapCounters: &d.counters,
 		mapSpecs: &d.specs, mapLabels: &d.labels, mapMeta: &d.meta,
 	}
 	for name, dst := range maps {
@@ -193,7 +188,7 @@ func open(base string, ino uint64) (*Dispatcher, error) {
 
 // Close releases the handle; the dispatcher stays loaded.
 func (d *Dispatcher) Close() error {
-	for _, c := range []interface{ Close() error }{d.link, d.bindings, d.sockets, d.counters, d.specs, d.labels, d.meta} {
+	for _, c := range []interface{ Close() error }{d.link, d.sockets, d.counters, d.specs, d.labels, d.meta} {
 		if c != nil && !isNilCloser(c) {
 			c.Close()
 		}
@@ -416,9 +411,10 @@ func (d *Dispatcher) Unbind(b Binding) error {
 }
 
 // Apply replaces the whole binding set. The new set is validated first;
-// then a new table is built off to the side and swapped in with one map
-// update, so every lookup sees either the old set or the new one. A
-// destination bound in both is never unbound, not even for an instant.
+// then a new generation (a table and a program instance bound to it) is
+// built off to the side and swapped in with one link update, so every
+// lookup sees either the old set or the new one. A destination bound in
+// both is never unbound, not even for an instant.
 func (d *Dispatcher) Apply(bs []Binding) error {
 	if err := ValidateSet(bs); err != nil {
 		return err
@@ -428,6 +424,16 @@ func (d *Dispatcher) Apply(bs []Binding) error {
 
 // replace installs bs (validated by the caller) under the lock.
 func (d *Dispatcher) replace(bs []Binding) error {
+	spec, err := loadDispatcher()
+	if err != nil {
+		return err
+	}
+	return d.replaceWith(spec, bs)
+}
+
+// replaceWith installs bs as a new generation of spec's program, under the
+// lock.
+func (d *Dispatcher) replaceWith(spec *ebpf.CollectionSpec, bs []Binding) error {
 	if err := ValidateSet(bs); err != nil {
 		return err
 	}
@@ -455,29 +461,19 @@ func (d *Dispatcher) replace(bs []Binding) error {
 		}
 		rs = append(rs, resolved{Binding: b, labelID: id, ifindex: ifindex[b.Iface]})
 	}
-	entries := compile(rs)
-
-	spec, err := loadDispatcher()
-	if err != nil {
-		return err
-	}
+	entries, lens := compile(rs)
 	if len(entries) > maxTableEntries {
 		return fmt.Errorf("the binding set expands to %d table entries (port ranges take one per port); the limit is %d", len(entries), maxTableEntries)
 	}
-	// The new generation, sized to its content with room to spare.
-	ms := spec.Maps["dp_table"].Copy()
-	ms.MaxEntries = uint32(max(int(ms.MaxEntries), len(entries)+len(entries)/4))
-	table, err := ebpf.NewMap(ms)
+	objs, err := newGeneration(spec, entries, &lens, d.pinnedMaps())
 	if err != nil {
-		return fmt.Errorf("create binding table: %w", err)
-	}
-	defer table.Close()
-	if err := putAll(table, entries); err != nil {
 		return err
 	}
-	// The swap: one update of the one-slot array of maps.
-	if err := d.bindings.Put(uint32(0), table); err != nil {
-		return fmt.Errorf("swap in the new binding table: %w", err)
+	defer objs.Close()
+	// The swap: one update of the link. A lookup runs the old program
+	// with the old table or the new program with the new one.
+	if err := d.link.Update(objs.Dispatch); err != nil {
+		return fmt.Errorf("swap in the new program: %w", err)
 	}
 
 	// Bring the stored specs in line (metadata only; the data plane
@@ -509,6 +505,50 @@ func (d *Dispatcher) replace(bs []Binding) error {
 		}
 	}
 	return d.gcLabels()
+}
+
+// pinnedMaps are the maps every generation shares: the loaded
+// dispatcher's pins.
+func (d *Dispatcher) pinnedMaps() map[string]*ebpf.Map {
+	return map[string]*ebpf.Map{
+		mapSockets: d.sockets, mapCounters: d.counters,
+		mapSpecs: d.specs, mapLabels: d.labels, mapMeta: d.meta,
+	}
+}
+
+// newGeneration loads spec's program with a binding table of its own,
+// sized to entries and filled with them, and the prefix lengths lens (nil:
+// no bindings); the other maps are shared (nil: created). The program
+// isn't attached: the caller swaps it into the link.
+func newGeneration(spec *ebpf.CollectionSpec, entries map[tableKey]tableTarget, lens *prefixLens, shared map[string]*ebpf.Map) (*dispatcherObjects, error) {
+	if lens == nil {
+		_, empty := compile(nil)
+		lens = &empty
+	}
+	ms, ok := spec.Maps["dp_table"]
+	if !ok {
+		return nil, errors.New("the BPF object has no dp_table")
+	}
+	ms.MaxEntries = uint32(max(int(ms.MaxEntries), len(entries)+len(entries)/4))
+	v, ok := spec.Variables["dp_prefix_lens"]
+	if !ok {
+		return nil, errors.New("the BPF object has no dp_prefix_lens")
+	}
+	if err := v.Set(lens); err != nil {
+		return nil, fmt.Errorf("set prefix lengths: %w", err)
+	}
+	var objs dispatcherObjects
+	if err := bpfload.Assign(spec, &objs, &ebpf.CollectionOptions{MapReplacements: shared}); err != nil {
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return nil, fmt.Errorf("upgrade refused: %w", err)
+		}
+		return nil, fmt.Errorf("load dispatcher program: %w", err)
+	}
+	if err := putAll(objs.DpTable, entries); err != nil {
+		objs.Close()
+		return nil, err
+	}
+	return &objs, nil
 }
 
 func putAll(m *ebpf.Map, entries map[tableKey]tableTarget) error {

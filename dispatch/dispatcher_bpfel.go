@@ -46,6 +46,13 @@ type dispatcherDpLabel struct {
 	Name [256]int8
 }
 
+type dispatcherDpLens struct {
+	_     structs.HostLayout
+	Lens  [130]uint8
+	Flags uint8
+	Pad   [2]uint8
+}
+
 type dispatcherDpMetrics struct {
 	_       structs.HostLayout
 	Lookups uint64
@@ -71,14 +78,14 @@ type dispatcherDpTarget struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	dispatcherMapDpBindings = "dp_bindings"
-	dispatcherMapDpCounters = "dp_counters"
-	dispatcherMapDpLabels   = "dp_labels"
-	dispatcherMapDpMeta     = "dp_meta"
-	dispatcherMapDpSockets  = "dp_sockets"
-	dispatcherMapDpSpecs    = "dp_specs"
-	dispatcherMapDpTable    = "dp_table"
-	dispatcherProgDispatch  = "dispatch"
+	dispatcherMapDpCounters   = "dp_counters"
+	dispatcherMapDpLabels     = "dp_labels"
+	dispatcherMapDpMeta       = "dp_meta"
+	dispatcherMapDpSockets    = "dp_sockets"
+	dispatcherMapDpSpecs      = "dp_specs"
+	dispatcherMapDpTable      = "dp_table"
+	dispatcherProgDispatch    = "dispatch"
+	dispatcherVarDpPrefixLens = "dp_prefix_lens"
 )
 
 // loadDispatcher returns the embedded CollectionSpec for dispatcher.
@@ -130,7 +137,6 @@ type dispatcherProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type dispatcherMapSpecs struct {
-	DpBindings *ebpf.MapSpec `ebpf:"dp_bindings"`
 	DpCounters *ebpf.MapSpec `ebpf:"dp_counters"`
 	DpLabels   *ebpf.MapSpec `ebpf:"dp_labels"`
 	DpMeta     *ebpf.MapSpec `ebpf:"dp_meta"`
@@ -143,6 +149,7 @@ type dispatcherMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type dispatcherVariableSpecs struct {
+	DpPrefixLens *ebpf.VariableSpec `ebpf:"dp_prefix_lens"`
 }
 
 // dispatcherObjects contains all objects after they have been loaded into the kernel.
@@ -165,7 +172,6 @@ func (o *dispatcherObjects) Close() error {
 //
 // It can be passed to loadDispatcherObjects or ebpf.CollectionSpec.LoadAndAssign.
 type dispatcherMaps struct {
-	DpBindings *ebpf.Map `ebpf:"dp_bindings"`
 	DpCounters *ebpf.Map `ebpf:"dp_counters"`
 	DpLabels   *ebpf.Map `ebpf:"dp_labels"`
 	DpMeta     *ebpf.Map `ebpf:"dp_meta"`
@@ -176,7 +182,6 @@ type dispatcherMaps struct {
 
 func (m *dispatcherMaps) Close() error {
 	return _DispatcherClose(
-		m.DpBindings,
 		m.DpCounters,
 		m.DpLabels,
 		m.DpMeta,
@@ -190,6 +195,7 @@ func (m *dispatcherMaps) Close() error {
 //
 // It can be passed to loadDispatcherObjects or ebpf.CollectionSpec.LoadAndAssign.
 type dispatcherVariables struct {
+	DpPrefixLens *ebpf.Variable `ebpf:"dp_prefix_lens"`
 }
 
 // dispatcherPrograms contains all programs after they have been loaded into the kernel.

@@ -1,7 +1,6 @@
 package dispatch
 
 import (
-	"errors"
 	"fmt"
 	"path/filepath"
 	"sort"
@@ -10,7 +9,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sockgate/sockgate/internal/bpffs"
-	"github.com/sockgate/sockgate/internal/bpfload"
 )
 
 // ErrorNames names the buckets of bpf_sk_assign failures, in the order of
@@ -140,11 +138,7 @@ func (d *Dispatcher) upgrade(spec *ebpf.CollectionSpec) (Status, error) {
 		if meta.Layout != layoutVersion {
 			return fmt.Errorf("upgrade refused: the pinned maps have layout %d, this build expects %d; unload and load instead (bindings and registrations must then be redone)", meta.Layout, layoutVersion)
 		}
-		repl := map[string]*ebpf.Map{
-			mapBindings: d.bindings, mapSockets: d.sockets, mapCounters: d.counters,
-			mapSpecs: d.specs, mapLabels: d.labels, mapMeta: d.meta,
-		}
-		for name, m := range repl {
+		for name, m := range d.pinnedMaps() {
 			ms, ok := spec.Maps[name]
 			if !ok {
 				return fmt.Errorf("upgrade refused: the new program has no map %s", name)
@@ -153,19 +147,12 @@ func (d *Dispatcher) upgrade(spec *ebpf.CollectionSpec) (Status, error) {
 				return fmt.Errorf("upgrade refused: map %s of the new program is incompatible with the pinned one: %w", name, err)
 			}
 		}
-		var objs dispatcherObjects
-		err := bpfload.Assign(spec, &objs, &ebpf.CollectionOptions{MapReplacements: repl})
+		// The new program is a new generation of the current bindings.
+		bs, err := d.Bindings()
 		if err != nil {
-			if errors.Is(err, ebpf.ErrMapIncompatible) {
-				return fmt.Errorf("upgrade refused: %w", err)
-			}
-			return fmt.Errorf("load new program: %w", err)
+			return err
 		}
-		defer objs.Close()
-		if err := d.link.Update(objs.Dispatch); err != nil {
-			return fmt.Errorf("swap program in the link: %w", err)
-		}
-		return nil
+		return d.replaceWith(spec, bs)
 	})
 	if err != nil {
 		return Status{}, err

@@ -84,7 +84,7 @@ func TestPrecedence(t *testing.T) {
 		mustBinding(t, "X", "tcp", "198.18.9.0/24", "3000-3099"),
 		mustBinding(t, "Y", "tcp", "198.18.9.0/24", "3050-3149"),
 		// UDP over IPv6 has only all-ports bindings and UDP over IPv4 only
-		// port bindings, so their markers tell a lookup to skip the
+		// port bindings, so their prefix lengths' flags tell a lookup to skip the
 		// probe that can't hit.
 		mustBinding(t, "Z", "udp", "fd00:5067::/48", "all"),
 	}
@@ -184,9 +184,10 @@ func TestPrecedence(t *testing.T) {
 	}
 }
 
-// TestManyPrefixLengths spreads bindings over more prefix lengths than one
-// marker entry lists (12), for IPv4 and IPv6, and checks that the kernel
-// finds the longest matching one for addresses at every depth.
+// TestManyPrefixLengths binds prefixes of many lengths down one path (18
+// for IPv4, every one of the 129 for IPv6, the most dp_prefix_lens holds)
+// and checks that the kernel finds the longest matching one for addresses
+// at every depth.
 func TestManyPrefixLengths(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
@@ -200,11 +201,8 @@ func TestManyPrefixLengths(t *testing.T) {
 	for bits := 15; bits <= 32; bits++ {
 		add(netip.PrefixFrom(netip.MustParseAddr("198.18.255.255"), bits).Masked().String())
 	}
-	// fd00:5067::/48 ... /128 in steps of 4 plus a few odd ones: 24 lengths.
-	for bits := 48; bits <= 128; bits += 4 {
-		add(netip.PrefixFrom(netip.MustParseAddr("fd00:5067:ffff:ffff:ffff:ffff:ffff:ffff"), bits).Masked().String())
-	}
-	for _, bits := range []int{49, 97, 127} {
+	// ::/0 ... fd00:5067:ffff:...:ffff/128: all 129 lengths.
+	for bits := 0; bits <= 128; bits++ {
 		add(netip.PrefixFrom(netip.MustParseAddr("fd00:5067:ffff:ffff:ffff:ffff:ffff:ffff"), bits).Masked().String())
 	}
 	if err := e.d.Apply(set); err != nil {
