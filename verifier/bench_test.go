@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/sockgate/sockgate/internal/bpfdata"
 )
 
 // kernelStats are the figures of the kernel verifier's stats log.
@@ -40,11 +42,11 @@ func parseKernelStats(log string) (kernelStats, error) {
 // kernelVerify loads every program of the object with the stats log,
 // five times, and keeps the median verification time (the machine is
 // shared, single loads are noisy).
-func kernelVerify(tb testing.TB, path string) map[string]kernelStats {
+func kernelVerify(tb testing.TB, path string, load func(string) (*ebpf.CollectionSpec, error)) map[string]kernelStats {
 	tb.Helper()
 	runs := map[string][]kernelStats{}
 	for k := 0; k < 5; k++ {
-		spec, err := ebpf.LoadCollectionSpec(path)
+		spec, err := load(path)
 		if err != nil {
 			tb.Fatal(err)
 		}
@@ -77,8 +79,19 @@ func kernelVerify(tb testing.TB, path string) map[string]kernelStats {
 func BenchmarkVerifyVsKernel(b *testing.B) {
 	paths, _ := filepath.Glob("../*/*_bpfel.o")
 	sort.Strings(paths)
+	type object struct {
+		path, suffix string
+		load         func(string) (*ebpf.CollectionSpec, error)
+	}
+	var objects []object
 	for _, path := range paths {
-		spec, err := ebpf.LoadCollectionSpec(path)
+		objects = append(objects, object{path, "", ebpf.LoadCollectionSpec})
+		if filepath.Base(path) == "dispatcher_bpfel.o" {
+			objects = append(objects, object{path, "/all-lengths", loadDispatchAllLengths})
+		}
+	}
+	for _, obj := range objects {
+		spec, err := obj.load(obj.path)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -86,14 +99,17 @@ func BenchmarkVerifyVsKernel(b *testing.B) {
 		if err != nil || len(rep.Rejected) > 0 {
 			continue // rejected objects (deliberate leaks) have no kernel figures
 		}
-		kernel := kernelVerify(b, path)
+		kernel := kernelVerify(b, obj.path, obj.load)
+		if spec, err = bpfdata.Resolve(spec); err != nil {
+			b.Fatal(err)
+		}
 		names := make([]string, 0, len(spec.Programs))
 		for n := range spec.Programs {
 			names = append(names, n)
 		}
 		sort.Strings(names)
 		for _, name := range names {
-			b.Run(name, func(b *testing.B) {
+			b.Run(name+obj.suffix, func(b *testing.B) {
 				var res *Result
 				start := time.Now()
 				for b.Loop() {
@@ -114,4 +130,39 @@ func BenchmarkVerifyVsKernel(b *testing.B) {
 			})
 		}
 	}
+}
+
+// loadDispatchAllLengths is the dispatcher's object as a generation with
+// every prefix length in use (0-32 for IPv4, 0-128 for IPv6, TCP and UDP,
+// no probe skipped): the most work a binding set can give the verifiers.
+// The layout is struct dp_lens of bpf/dispatch.c: 130 lengths, flags and
+// two bytes of padding, four times.
+func loadDispatchAllLengths(path string) (*ebpf.CollectionSpec, error) {
+	spec, err := ebpf.LoadCollectionSpec(path)
+	if err != nil {
+		return nil, err
+	}
+	const entry = 130 + 1 + 2
+	lens := make([]byte, 4*entry)
+	for i := range 4 {
+		e := lens[i*entry : (i+1)*entry]
+		for j := range 130 {
+			e[j] = 0xff
+		}
+		longest := 32
+		if i&1 == 1 {
+			longest = 128
+		}
+		for j := 0; j <= longest; j++ {
+			e[j] = byte(longest - j)
+		}
+	}
+	v, ok := spec.Variables["dp_prefix_lens"]
+	if !ok {
+		return nil, fmt.Errorf("%s has no dp_prefix_lens", path)
+	}
+	if err := v.Set(lens); err != nil {
+		return nil, err
+	}
+	return spec, nil
 }
