@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -525,13 +524,7 @@ func TestEndToEndXDPWithEgress(t *testing.T) {
 	if err := srv.NS.EchoUDP(outUDP6, []byte("free"), 2*time.Second); err != nil {
 		t.Errorf("outbound UDP after unload: %v", err)
 	}
-	c, err := cl.NS.DialTCP(netip.AddrPortFrom(srv.Addr4, 9), time.Second)
-	if err == nil {
-		c.Close()
-	}
-	if !errors.Is(err, syscall.ECONNREFUSED) {
-		t.Errorf("after unload a closed port should refuse; got %v", err)
-	}
+	expectRefusedAfterUnload(t, cl.NS, netip.AddrPortFrom(srv.Addr4, 9))
 }
 
 // TestEndToEndXDPChainWithEgress is --xdp --egress with the firewall

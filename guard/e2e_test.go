@@ -211,13 +211,7 @@ func TestEndToEndEstablishedSurvivesAndScan(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	c, err := cl.NS.DialTCP(netip.AddrPortFrom(srv.Addr4, 9), time.Second)
-	if err == nil {
-		c.Close()
-	}
-	if !errors.Is(err, syscall.ECONNREFUSED) {
-		t.Errorf("after unload a closed port should refuse; got %v", err)
-	}
+	expectRefusedAfterUnload(t, cl.NS, netip.AddrPortFrom(srv.Addr4, 9))
 }
 
 func TestEndToEndAuditAndEvents(t *testing.T) {
@@ -498,4 +492,17 @@ func TestEndToEndXDPChainWithFirewall(t *testing.T) {
 	// everything it doesn't deny again.
 	mustSockgate(t, guardOn(srv, "guard", "unload", srv.Name)...)
 	expectEcho(t, cl.NS, denied)
+}
+
+// expectRefusedAfterUnload checks that a connection to a closed port is
+// refused (RST), not dropped: with the guard gone, the host answers again.
+func expectRefusedAfterUnload(t *testing.T, from *nettest.NS, closed netip.AddrPort) {
+	t.Helper()
+	c, err := from.DialTCP(closed, time.Second)
+	if err == nil {
+		c.Close()
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("after unload a closed port should refuse; got %v", err)
+	}
 }
