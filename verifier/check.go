@@ -128,6 +128,14 @@ type verifier struct {
 	ids     idMap
 	cache   [][]cacheEntry
 	nextID  uint32
+	// doneIDs[id] is node id's done flag, kept beside the cache so that
+	// checking whether an entry's node is done needs no pointer chase
+	// (which, over the many entries a long loop leaves at its head,
+	// cost as much as the comparisons themselves).
+	doneIDs []bool
+	// nodeSlab and readSlab hand out nodes and their read bits.
+	nodeSlab []node
+	readSlab []stackBits
 	// nodes counts stored nodes, for node.id.
 	nodes uint32
 	queue []pending
@@ -186,6 +194,26 @@ func (v *verifier) reject(i int, rule, format string, args ...any) *Rejection {
 	return r
 }
 
+// newNode returns a node from a slab: a long loop stores thousands, and
+// allocating them one by one made the garbage collector a quarter of the
+// verification time.
+func (v *verifier) newNode() *node {
+	if len(v.nodeSlab) == cap(v.nodeSlab) {
+		v.nodeSlab = make([]node, 0, 256)
+	}
+	v.nodeSlab = v.nodeSlab[:len(v.nodeSlab)+1]
+	return &v.nodeSlab[len(v.nodeSlab)-1]
+}
+
+// newReadBits returns n zeroed stackBits from a slab, for node.read.
+func (v *verifier) newReadBits(n int) []stackBits {
+	if cap(v.readSlab)-len(v.readSlab) < n {
+		v.readSlab = make([]stackBits, 0, max(1024, n))
+	}
+	v.readSlab = v.readSlab[:len(v.readSlab)+n]
+	return v.readSlab[len(v.readSlab)-n : len(v.readSlab) : len(v.readSlab)]
+}
+
 // finish ends the current path: every ancestor node loses one branch.
 func (v *verifier) finish(n *node) {
 	for n != nil {
@@ -194,6 +222,7 @@ func (v *verifier) finish(n *node) {
 			return
 		}
 		n.done = true
+		v.doneIDs[n.id] = true
 		n = n.parent
 	}
 }
@@ -257,6 +286,7 @@ func (v *verifier) walk(i int) error {
 type cacheEntry struct {
 	sig       [11]regSig
 	n         *node
+	id        uint32 // n.id
 	hit, miss int
 	// precise is n.precise, copied once n is done (final set).
 	precise uint64
@@ -275,10 +305,18 @@ func (v *verifier) checkCache(i int) (bool, error) {
 	}
 	topLive := live[len(live)-1]
 	list := v.cache[i]
+	loopHead := v.p.loopHeads[i]
 	for k := 0; k < len(list); k++ {
 		e := &list[k]
-		if !e.final && e.n.done {
-			e.precise, e.final = e.n.precise, true
+		if !e.final {
+			if v.doneIDs[e.id] {
+				e.precise, e.final = e.n.precise, true
+			} else if !loopHead {
+				// A node still being explored can't prune; it is
+				// compared only to catch a loop whose state repeats,
+				// and such a loop repeats at its head too.
+				continue
+			}
 		}
 		// A node still being explored is compared in full: only the
 		// loop check uses it, and its precise set isn't final yet.
@@ -353,10 +391,14 @@ func (v *verifier) checkCache(i int) (bool, error) {
 			}
 		}
 	}
-	n := &node{st: v.clone(v.cur), parent: v.parent, branches: 1, insn: i, read: make([]stackBits, len(v.cur.frames)), wroteBefore: v.written}
-	v.cache[i] = append(v.cache[i], cacheEntry{sig: sig, n: n})
+	n := v.newNode()
+	*n = node{st: v.clone(v.cur), parent: v.parent, branches: 1, insn: i, read: v.newReadBits(len(v.cur.frames)), wroteBefore: v.written}
 	v.nodes++
 	n.id = v.nodes
+	v.cache[i] = append(v.cache[i], cacheEntry{sig: sig, n: n, id: n.id})
+	for len(v.doneIDs) <= int(n.id) {
+		v.doneIDs = append(v.doneIDs, false)
+	}
 	if len(v.cur.frames) == 1 {
 		// Values get their origins relative to n: a register its own
 		// bit (spilled registers do by their gen, see spillOrig).

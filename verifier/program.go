@@ -38,6 +38,9 @@ type program struct {
 	backEdges map[int]int
 	// pruneAt marks instructions where states are cached: jump targets.
 	pruneAt []bool
+	// loopHeads marks the targets of back-edges: every cycle passes
+	// through one, so a loop whose state repeats is caught there.
+	loopHeads []bool
 	// accessType is the pointer type each memory instruction accessed
 	// first (notInit before any).
 	accessType []regType
@@ -248,6 +251,7 @@ func (p *program) buildSubprogs() error {
 func (p *program) checkCFG() error {
 	n := len(p.insns)
 	p.pruneAt = make([]bool, n)
+	p.loopHeads = make([]bool, n)
 	p.backEdges = map[int]int{}
 	for i, ins := range p.insns {
 		op := ins.OpCode
@@ -292,6 +296,7 @@ func (p *program) checkCFG() error {
 				case grey:
 					p.backEdges[top.i] = s
 					p.pruneAt[s] = true
+					p.loopHeads[s] = true
 				}
 				continue
 			}
