@@ -9,6 +9,10 @@ import (
 	"github.com/cilium/ebpf/asm"
 )
 
+// storeEvery is how many instructions a path runs between stored states,
+// away from loop heads.
+const storeEvery = 8
+
 // maxCallFrames is the kernel's MAX_CALL_FRAMES.
 const maxCallFrames = 8
 
@@ -112,12 +116,16 @@ type pending struct {
 	parent  *node
 	path    *pathNode
 	written [maxCallFrames]stackBits
+	// sinceStore is the path's count of instructions since its last
+	// stored state.
+	sinceStore int
 }
 
 type verifier struct {
 	p        *program
 	maxInsns int
 	noPrune  bool
+	storeAll bool
 
 	processed   int
 	peakStates  int
@@ -133,6 +141,9 @@ type verifier struct {
 	// (which, over the many entries a long loop leaves at its head,
 	// cost as much as the comparisons themselves).
 	doneIDs []bool
+	// sinceStore counts the current path's instructions since it last
+	// stored a state (see storeEvery).
+	sinceStore int
 	// nodeSlab and readSlab hand out nodes and their read bits.
 	nodeSlab []node
 	readSlab []stackBits
@@ -194,12 +205,13 @@ func (v *verifier) reject(i int, rule, format string, args ...any) *Rejection {
 	return r
 }
 
-// newNode returns a node from a slab: a long loop stores thousands, and
+// newNode returns a node from a slab: a long loop stores hundreds, and
 // allocating them one by one made the garbage collector a quarter of the
 // verification time.
 func (v *verifier) newNode() *node {
 	if len(v.nodeSlab) == cap(v.nodeSlab) {
-		v.nodeSlab = make([]node, 0, 256)
+		// Small programs store few states: start small, grow to 256.
+		v.nodeSlab = make([]node, 0, min(max(2*cap(v.nodeSlab), 16), 256))
 	}
 	v.nodeSlab = v.nodeSlab[:len(v.nodeSlab)+1]
 	return &v.nodeSlab[len(v.nodeSlab)-1]
@@ -208,7 +220,7 @@ func (v *verifier) newNode() *node {
 // newReadBits returns n zeroed stackBits from a slab, for node.read.
 func (v *verifier) newReadBits(n int) []stackBits {
 	if cap(v.readSlab)-len(v.readSlab) < n {
-		v.readSlab = make([]stackBits, 0, max(1024, n))
+		v.readSlab = make([]stackBits, 0, max(min(max(2*cap(v.readSlab), 16), 1024), n))
 	}
 	v.readSlab = v.readSlab[:len(v.readSlab)+n]
 	return v.readSlab[len(v.readSlab)-n : len(v.readSlab) : len(v.readSlab)]
@@ -237,7 +249,7 @@ func (v *verifier) run() error {
 	for len(v.queue) > 0 {
 		pd := v.queue[len(v.queue)-1]
 		v.queue = v.queue[:len(v.queue)-1]
-		v.cur, v.parent, v.path, v.written = pd.st, pd.parent, pd.path, pd.written
+		v.cur, v.parent, v.path, v.written, v.sinceStore = pd.st, pd.parent, pd.path, pd.written, pd.sinceStore
 		if err := v.walk(pd.insn); err != nil {
 			return err
 		}
@@ -249,6 +261,7 @@ func (v *verifier) run() error {
 func (v *verifier) walk(i int) error {
 	for {
 		v.processed++
+		v.sinceStore++
 		if v.processed > v.maxInsns {
 			return v.reject(i, "too-complex", "program is too complex: more than %d instructions processed", v.maxInsns)
 		}
@@ -391,6 +404,14 @@ func (v *verifier) checkCache(i int) (bool, error) {
 			}
 		}
 	}
+	// Like the kernel, store a state only every few instructions
+	// (always at a loop head): every prune point still looks for a
+	// state that covers it, but storing one at each made a long loop
+	// keep seven times the kernel's states.
+	if v.sinceStore < storeEvery && !loopHead && !v.storeAll {
+		return false, nil
+	}
+	v.sinceStore = 0
 	n := v.newNode()
 	*n = node{st: v.clone(v.cur), parent: v.parent, branches: 1, insn: i, read: v.newReadBits(len(v.cur.frames)), wroteBefore: v.written}
 	v.nodes++
@@ -496,7 +517,7 @@ func (v *verifier) fork(st *state, target int) {
 	}
 	oldPath := v.path
 	v.addPath(target)
-	v.queue = append(v.queue, pending{st: st, insn: target, parent: v.parent, path: v.path, written: v.written})
+	v.queue = append(v.queue, pending{st: st, insn: target, parent: v.parent, path: v.path, written: v.written, sinceStore: v.sinceStore})
 	v.path = oldPath
 }
 

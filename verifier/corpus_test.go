@@ -318,6 +318,13 @@ func TestCorpus(t *testing.T) {
 				"arr": {Name: "arr", Type: ebpf.Array, KeySize: 4, ValueSize: 16, MaxEntries: 4},
 			}
 			_, err := Verify(&ebpf.ProgramSpec{Name: c.name, Type: c.typ, Instructions: insns}, &Options{Maps: maps})
+			// Storing a state at every prune point makes pruning (and
+			// so precision) matter on these small programs: the outcome
+			// must not change.
+			_, errAll := Verify(&ebpf.ProgramSpec{Name: c.name, Type: c.typ, Instructions: insns}, &Options{Maps: maps, storeAll: true})
+			if (err == nil) != (errAll == nil) {
+				t.Errorf("storing every state changes the outcome: %v, with every state: %v", err, errAll)
+			}
 			rej, isRej := IsRejection(err)
 			if err != nil && !isRej {
 				t.Fatalf("usage error: %v", err)

@@ -146,7 +146,9 @@ func TestPruningSound(t *testing.T) {
 	for k := 0; k < n; k++ {
 		insns := genDiamonds(rng)
 		spec := &ebpf.ProgramSpec{Name: "prune", Type: ebpf.SocketFilter, Instructions: insns}
-		res, err := Verify(spec, &Options{Maps: maps})
+		// Half the programs store a state at every prune point, half
+		// every storeEvery instructions as in production.
+		res, err := Verify(spec, &Options{Maps: maps, storeAll: k%2 == 0})
 		full, ferr := Verify(spec, &Options{Maps: maps, noPrune: true})
 		if _, ok := IsRejection(err); err != nil && !ok {
 			t.Fatalf("usage error: %v", err)

@@ -60,6 +60,10 @@ type Options struct {
 	// noPrune turns the pruning cache off, so every path is explored
 	// to its end: the reference that tests check pruning against.
 	noPrune bool
+	// storeAll stores a state at every prune point instead of every
+	// storeEvery instructions (the kernel's BPF_F_TEST_STATE_FREQ), so
+	// that tests exercise pruning on small programs.
+	storeAll bool
 }
 
 // Result describes an accepted program.
@@ -216,7 +220,7 @@ func Verify(spec *ebpf.ProgramSpec, opts *Options) (*Result, error) {
 	if maxInsns <= 0 {
 		maxInsns = 1_000_000
 	}
-	v := &verifier{p: p, maxInsns: maxInsns, noPrune: opts.noPrune}
+	v := &verifier{p: p, maxInsns: maxInsns, noPrune: opts.noPrune, storeAll: opts.storeAll}
 	if err := v.run(); err != nil {
 		return nil, setName(err)
 	}
