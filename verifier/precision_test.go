@@ -5,6 +5,20 @@ import (
 	"github.com/cilium/ebpf/asm"
 )
 
+// arrValueAndRandom looks key fp-8 up in the map "arr" (16-byte values),
+// returning when it is missing, and leaves the value's pointer in r9 and a
+// random number in r7.
+func arrValueAndRandom() asm.Instructions {
+	return ins(
+		asm.LoadMapPtr(asm.R1, 0).WithReference("arr"), asm.Mov.Reg(asm.R2, asm.RFP), asm.Add.Imm(asm.R2, -8), asm.FnMapLookupElem.Call(),
+		asm.JNE.Imm(asm.R0, 0, "found"),
+		asm.Return(),
+		asm.Mov.Reg(asm.R9, asm.R0).WithSymbol("found"),
+		asm.FnGetPrandomU32.Call(),
+		asm.Mov.Reg(asm.R7, asm.R0),
+	)
+}
+
 // precisionCases check that the pruning cache compares a scalar by value
 // whenever some verified continuation used its value: two paths join
 // with different values in r8 (0 on the path explored first, then 12),
@@ -14,15 +28,7 @@ import (
 func precisionCases() []corpusCase {
 	sf := ebpf.SocketFilter
 	// r9 = map value (16 bytes), r7 = a random number.
-	head := ins(
-		stDW(asm.RFP, -8, 0),
-		asm.LoadMapPtr(asm.R1, 0).WithReference("arr"), asm.Mov.Reg(asm.R2, asm.RFP), asm.Add.Imm(asm.R2, -8), asm.FnMapLookupElem.Call(),
-		asm.JNE.Imm(asm.R0, 0, "found"),
-		asm.Return(),
-		asm.Mov.Reg(asm.R9, asm.R0).WithSymbol("found"),
-		asm.FnGetPrandomU32.Call(),
-		asm.Mov.Reg(asm.R7, asm.R0),
-	)
+	head := append(ins(stDW(asm.RFP, -8, 0)), arrValueAndRandom()...)
 	// r8 = 0 or 12, joining at "join" (a prune point).
 	split := func(a, b asm.Instructions) asm.Instructions {
 		out := ins(asm.JGT.Imm(asm.R7, 5, "other"), asm.Mov.Imm(asm.R8, 0))

@@ -23,16 +23,10 @@ func genDiamonds(rng *rand.Rand) asm.Instructions {
 	imms := []int32{0, 1, 4, 7, 8, 12, 15, 16, 40}
 	r := func() asm.Register { return asm.Register(rng.IntN(6)) }
 	slot := func() int16 { return -8 * int16(1+rng.IntN(4)) }
-	out := asm.Instructions{
+	out := append(asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
 		stDW(asm.RFP, -8, 0), stDW(asm.RFP, -16, 0), stDW(asm.RFP, -24, 0), stDW(asm.RFP, -32, 0),
-		asm.LoadMapPtr(asm.R1, 0).WithReference("arr"), asm.Mov.Reg(asm.R2, asm.RFP), asm.Add.Imm(asm.R2, -8), asm.FnMapLookupElem.Call(),
-		asm.JNE.Imm(asm.R0, 0, "found"),
-		asm.Return(),
-		asm.Mov.Reg(asm.R9, asm.R0).WithSymbol("found"),
-		asm.FnGetPrandomU32.Call(),
-		asm.Mov.Reg(asm.R7, asm.R0),
-	}
+	}, arrValueAndRandom()...)
 	for x := asm.R0; x <= asm.R5; x++ {
 		out = append(out, asm.Mov.Imm(x, 0))
 	}
