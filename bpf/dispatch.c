@@ -293,7 +293,7 @@ struct walk {
 	const __u32 *full;
 	__u32 ifindex;
 	__u32 port;
-	__u8 marker_flags;	/* dp_lens.flags of the protocol and family */
+	__u8 lens_flags;	/* dp_lens.flags of the protocol and family */
 	const struct dp_target *best;
 };
 
@@ -310,7 +310,7 @@ static __always_inline void try_len(struct walk *w, __u32 len)
 	key->prefixlen = len;
 	mask_addr((__u32 *)key->addr, w->full, len);
 
-	if (!(w->marker_flags & DP_MF_NO_PORTS)) {
+	if (!(w->lens_flags & DP_MF_NO_PORTS)) {
 		key->port = w->port;
 		if (w->ifindex) {
 			key->ifindex = w->ifindex;
@@ -319,7 +319,7 @@ static __always_inline void try_len(struct walk *w, __u32 len)
 		key->ifindex = 0;
 		best = better(best, bpf_map_lookup_elem(&dp_table, key));
 	}
-	if (!best && !(w->marker_flags & DP_MF_NO_ALL_PORTS)) {
+	if (!best && !(w->lens_flags & DP_MF_NO_ALL_PORTS)) {
 		key->port = 0;
 		if (w->ifindex) {
 			key->ifindex = w->ifindex;
@@ -366,8 +366,8 @@ int dispatch(struct bpf_sk_lookup *ctx)
 	w.port = ctx->local_port;
 
 	l = &dp_prefix_lens[lens_index(key.protocol, key.family)];
-	w.marker_flags = l->flags;
-	if (w.marker_flags & DP_MF_IFACE)
+	w.lens_flags = l->flags;
+	if (w.lens_flags & DP_MF_IFACE)
 		w.ifindex = ctx->ingress_ifindex;
 	for (i = 0; i < DP_MAX_LENS; i++) {
 		__u32 len = l->lens[i];
