@@ -15,8 +15,8 @@
  * making at most four hash lookups there: {the port, all ports} x {the
  * ingress interface, any interface}; it keeps the candidate with the
  * highest priority, which the control plane computed from the documented
- * precedence (longest prefix, then exact port, range, all ports, then
- * interface-scoped over unscoped).
+ * precedence (longest prefix; then one port, the narrower range, the lower
+ * first port, all ports; then interface-scoped over unscoped).
  *
  * The cost depends on the number of distinct prefix lengths, not on the
  * number of bindings: an LPM trie's walk deepens as it fills (measured
@@ -54,6 +54,7 @@
 /* Bits of dp_target.flags. */
 #define DP_F_NO_REUSEPORT	(1 << 0)	/* skip reuseport selection */
 #define DP_F_REPLACE		(1 << 1)	/* override an earlier program's pick */
+#define DP_F_SCOPED		(1 << 2)	/* scoped to the ingress interface */
 
 /*
  * Size of dp_table as compiled. The control plane sizes each generation's
@@ -89,7 +90,13 @@ struct dp_key {
 /* What a table entry resolves to. */
 struct dp_target {
 	__u32 label_id;
-	__u32 priority;		/* higher wins; computed by the control plane */
+	/*
+	 * Among the candidates of one prefix length, higher wins: the
+	 * port rule (one port, narrower range, lower first port, all
+	 * ports last), computed by the control plane; at equal priority a
+	 * DP_F_SCOPED binding wins.
+	 */
+	__u32 priority;
 	__u32 flags;		/* DP_F_* */
 };
 
@@ -222,13 +229,19 @@ struct {
 	__type(value, struct dp_state);
 } dp_meta SEC(".maps");
 
-/* Keep the candidate with the higher priority. */
+/*
+ * Keep the better candidate: the higher priority, then the one scoped to
+ * the ingress interface.
+ */
 static __always_inline const struct dp_target *
 better(const struct dp_target *best, const struct dp_target *t)
 {
 	if (!t)
 		return best;
 	if (!best || t->priority > best->priority)
+		return t;
+	if (t->priority == best->priority && (t->flags & DP_F_SCOPED) &&
+	    !(best->flags & DP_F_SCOPED))
 		return t;
 	return best;
 }

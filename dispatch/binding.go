@@ -88,17 +88,6 @@ var AllPorts = Ports{}
 // All reports whether p selects every port.
 func (p Ports) All() bool { return p.Lo == 0 && p.Hi == 0 }
 
-// rank orders port selectors by specificity: one port, range, all.
-func (p Ports) rank() uint32 {
-	switch {
-	case p.All():
-		return 0
-	case p.Lo == p.Hi:
-		return 2
-	}
-	return 1
-}
-
 // String returns "80", "8000-8999" or "all".
 func (p Ports) String() string {
 	switch {
@@ -277,30 +266,32 @@ func SortBindings(bs []Binding) {
 	})
 }
 
-// priority encodes the precedence rules in one number the BPF program
-// compares: prefix length, then port specificity, then interface scope.
-func priority(b Binding) uint32 {
-	p := uint32(b.Prefix.Bits()) << 3
-	p |= b.Ports.rank() << 1
-	if b.Iface != "" {
-		p |= 1
+// portPriority encodes the port rule in the number the BPF program
+// compares between candidates of one prefix length: one port, then the
+// narrower range, then the lower first port; all ports last. `1-65535`
+// ranks as a range. (The program looks at one prefix length at a time,
+// longest first, so the prefix rule needs no bits here.)
+func portPriority(p Ports) uint32 {
+	if p.All() {
+		return 0
 	}
-	return p
+	width := uint32(p.Hi - p.Lo) // 0 for one port, at most 65534
+	return (0xffff-width)<<16 | (0xffff - uint32(p.Lo))
 }
 
-// beats reports whether a should own a table key both a and b expand to.
-// Such bindings share protocol, prefix and interface and differ in ports
-// only, so this is the port rule: one port, then the narrower range, then
-// the lower first port.
-func beats(a, b Binding) bool {
-	if ra, rb := a.Ports.rank(), b.Ports.rank(); ra != rb {
-		return ra > rb
+// outranks reports whether binding a wins over b when both cover a
+// destination: the longest prefix, then the port rule, then a binding
+// scoped to the ingress interface over an unscoped one (docs/dispatch.md,
+// "Precedence"). The BPF program decides the same way: the first prefix
+// length with a match, then the higher portPriority, then DP_F_SCOPED.
+func outranks(a, b Binding) bool {
+	if pa, pb := a.Prefix.Bits(), b.Prefix.Bits(); pa != pb {
+		return pa > pb
 	}
-	wa, wb := int(a.Ports.Hi)-int(a.Ports.Lo), int(b.Ports.Hi)-int(b.Ports.Lo)
-	if wa != wb {
-		return wa < wb
+	if pa, pb := portPriority(a.Ports), portPriority(b.Ports); pa != pb {
+		return pa > pb
 	}
-	return a.Ports.Lo < b.Ports.Lo
+	return a.Iface != "" && b.Iface == ""
 }
 
 // Match returns the binding that owns a destination under the precedence
@@ -308,7 +299,6 @@ func beats(a, b Binding) bool {
 // tested against. ifaceName is the ingress interface ("" for none).
 func Match(bs []Binding, proto Protocol, addr netip.Addr, port uint16, ifaceName string) (Binding, bool) {
 	var best Binding
-	var bestPri uint32
 	found := false
 	for _, b := range bs {
 		if b.Protocol != proto || !b.Prefix.Contains(addr) {
@@ -320,9 +310,8 @@ func Match(bs []Binding, proto Protocol, addr netip.Addr, port uint16, ifaceName
 		if b.Iface != "" && b.Iface != ifaceName {
 			continue
 		}
-		p := priority(b)
-		if !found || p > bestPri || (p == bestPri && beats(b, best)) {
-			best, bestPri, found = b, p, true
+		if !found || outranks(b, best) {
+			best, found = b, true
 		}
 	}
 	return best, found

@@ -19,9 +19,11 @@ type (
 )
 
 // Flags of a table target and a stored binding (DP_F_* in dispatch.c).
+// flagScoped is only ever set in table targets.
 const (
 	flagNoReuseport = 1 << 0
 	flagReplace     = 1 << 1
+	flagScoped      = 1 << 2
 )
 
 // The prefix lengths of a generation (dp_prefix_lens in dispatch.c): per
@@ -203,11 +205,15 @@ func compile(rs []resolved) (map[tableKey]tableTarget, prefixLens) {
 	owner := make(map[tableKey]Binding)
 	put := func(r resolved, port uint16) {
 		k := newTableKey(r.Binding, r.ifindex, port)
-		if prev, ok := owner[k]; ok && !beats(r.Binding, prev) {
+		if prev, ok := owner[k]; ok && !outranks(r.Binding, prev) {
 			return
 		}
 		owner[k] = r.Binding
-		out[k] = tableTarget{LabelId: r.labelID, Priority: priority(r.Binding), Flags: bindingFlags(r.Binding)}
+		flags := bindingFlags(r.Binding)
+		if r.Iface != "" {
+			flags |= flagScoped
+		}
+		out[k] = tableTarget{LabelId: r.labelID, Priority: portPriority(r.Ports), Flags: flags}
 	}
 	type pf struct{ proto, fam uint8 }
 	lens := make(map[pf]map[int]bool)

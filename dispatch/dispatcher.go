@@ -437,6 +437,12 @@ func (d *Dispatcher) replaceWith(spec *ebpf.CollectionSpec, bs []Binding) error 
 	if err := ValidateSet(bs); err != nil {
 		return err
 	}
+	// Every change loads this build's program against the pinned maps,
+	// so it is an upgrade too: refuse maps of another layout, whose
+	// contents this program would read differently.
+	if err := d.checkLayout(); err != nil {
+		return err
+	}
 	// Resolve everything that can fail before touching the kernel.
 	ifindex := make(map[string]uint32)
 	for _, b := range bs {
@@ -540,7 +546,7 @@ func newGeneration(spec *ebpf.CollectionSpec, entries map[tableKey]tableTarget, 
 	var objs dispatcherObjects
 	if err := bpfload.Assign(spec, &objs, &ebpf.CollectionOptions{MapReplacements: shared}); err != nil {
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
-			return nil, fmt.Errorf("upgrade refused: %w", err)
+			return nil, fmt.Errorf("the pinned maps don't fit this build's program (unload and load to start over): %w", err)
 		}
 		return nil, fmt.Errorf("load dispatcher program: %w", err)
 	}

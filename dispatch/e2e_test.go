@@ -21,7 +21,8 @@ import (
 // TestIfaceScope checks ctx->ingress_ifindex scoping with real traffic: a
 // binding scoped to the server's veth serves connections arriving on it,
 // and an unscoped binding of the same prefix and port serves the rest
-// (here: connections over lo from inside the namespace).
+// (here: connections over lo from inside the namespace); and a narrower
+// unscoped range still beats a wider scoped one.
 func TestIfaceScope(t *testing.T) {
 	t.Parallel()
 	topo := nettest.NewTopology(t)
@@ -41,6 +42,21 @@ func TestIfaceScope(t *testing.T) {
 	// veth (inet_iif), so go through 127.0.0.2 to arrive on lo.
 	if got, err := dialIn(topo.Server, "tcp", netip.MustParseAddrPort("127.0.0.2:80")); err != nil || got != "any" {
 		t.Errorf("from inside over lo: got %q, %v; want any", got, err)
+	}
+
+	// The port rule comes before the interface rule, in the kernel too:
+	// a narrower unscoped range beats a wider range scoped to the veth.
+	narrow := e.listen("narrow", "tcp", "127.0.0.1:0", false)
+	wide := e.listen("wide", "tcp", "127.0.0.1:0", false)
+	e.register("narrow", narrow, RegisterOptions{})
+	e.register("wide", wide, RegisterOptions{})
+	e.bind("wide", "tcp", "0.0.0.0/0", "8000-8999", func(b *Binding) { b.Iface = topo.ServerLink.Name })
+	e.bind("narrow", "tcp", "0.0.0.0/0", "8500-8599")
+	for port, want := range map[uint16]string{8550: "narrow", 8100: "wide"} {
+		dst := netip.AddrPortFrom(topo.ServerLink.Addr4, port)
+		if got, err := dialIn(topo.Client, "tcp", dst); err != nil || got != want {
+			t.Errorf("from the client to port %d: got %q, %v; want %s", port, got, err, want)
+		}
 	}
 	// The stored binding reads back with its interface name, resolved in
 	// the dispatcher's namespace.
@@ -317,6 +333,41 @@ func TestUpgradeRefusesIncompatibleMaps(t *testing.T) {
 	}
 	if st.ProgramID == before.ProgramID {
 		t.Errorf("Upgrade kept program %d", st.ProgramID)
+	}
+	e.expect("tcp", "198.18.1.1:80", "svc")
+}
+
+// TestChangesRefuseAnotherLayout: every change (bind, unbind, apply) loads
+// this build's program against the pinned maps, so pinned maps of another
+// layout version must be refused there too, not only by upgrade, and the
+// running program left alone.
+func TestChangesRefuseAnotherLayout(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	s := e.listen("svc", "tcp", "127.0.0.1:0", false)
+	e.register("svc", s, RegisterOptions{})
+	e.bind("svc", "tcp", "198.18.1.1", "80")
+	before, err := e.d.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.d.meta.Put(uint32(0), metaValue{NextLabelId: 100, Layout: layoutVersion - 1}); err != nil {
+		t.Fatal(err)
+	}
+	b := mustBinding(t, "svc", "tcp", "198.18.1.2", "80")
+	err = e.ns.Do(func() error { return e.d.Bind(b) })
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("layout %d", layoutVersion-1)) {
+		t.Fatalf("bind with pinned maps of layout %d: err = %v, want a refusal naming the layout", layoutVersion-1, err)
+	}
+	if _, err := e.d.Upgrade(); err == nil || !strings.Contains(err.Error(), "upgrade refused") {
+		t.Fatalf("upgrade with pinned maps of another layout: err = %v, want a refusal", err)
+	}
+	after, err := e.d.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.ProgramID != before.ProgramID || after.Bindings != before.Bindings {
+		t.Errorf("a refused change changed the dispatcher: program %d -> %d, bindings %d -> %d", before.ProgramID, after.ProgramID, before.Bindings, after.Bindings)
 	}
 	e.expect("tcp", "198.18.1.1:80", "svc")
 }

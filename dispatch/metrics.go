@@ -131,12 +131,8 @@ func (d *Dispatcher) Upgrade() (Status, error) {
 
 func (d *Dispatcher) upgrade(spec *ebpf.CollectionSpec) (Status, error) {
 	err := d.withLock(func() error {
-		var meta metaValue
-		if err := d.meta.Lookup(uint32(0), &meta); err != nil {
-			return fmt.Errorf("read dp_meta: %w", err)
-		}
-		if meta.Layout != layoutVersion {
-			return fmt.Errorf("upgrade refused: the pinned maps have layout %d, this build expects %d; unload and load instead (bindings and registrations must then be redone)", meta.Layout, layoutVersion)
+		if err := d.checkLayout(); err != nil {
+			return fmt.Errorf("upgrade refused: %w", err)
 		}
 		for name, m := range d.pinnedMaps() {
 			ms, ok := spec.Maps[name]
@@ -158,6 +154,19 @@ func (d *Dispatcher) upgrade(spec *ebpf.CollectionSpec) (Status, error) {
 		return Status{}, err
 	}
 	return d.Status()
+}
+
+// checkLayout refuses pinned maps of another layout version than this
+// build's.
+func (d *Dispatcher) checkLayout() error {
+	var meta metaValue
+	if err := d.meta.Lookup(uint32(0), &meta); err != nil {
+		return fmt.Errorf("read dp_meta: %w", err)
+	}
+	if meta.Layout != layoutVersion {
+		return fmt.Errorf("the pinned maps have layout %d, this build expects %d; unload and load instead (bindings and registrations must then be redone)", meta.Layout, layoutVersion)
+	}
+	return nil
 }
 
 // Collector exports the counters to Prometheus, reading the pinned maps at

@@ -87,12 +87,24 @@ func TestPrecedence(t *testing.T) {
 		// port bindings, so their prefix lengths' flags tell a lookup to skip the
 		// probe that can't hit.
 		mustBinding(t, "Z", "udp", "fd00:5067::/48", "all"),
+		// The port rule comes before the interface rule: a narrower
+		// unscoped range beats a wider scoped one, and between ranges of
+		// one width the lower first port wins whatever the scope.
+		mustBinding(t, "N", "tcp", "198.18.0.0/16", "2500-2599"),
+		mustBinding(t, "S", "tcp", "198.18.0.0/16", "2000-2999"),
+		mustBinding(t, "P", "tcp", "198.18.9.0/24", "3200-3299"),
+		mustBinding(t, "Q", "tcp", "198.18.9.0/24", "3250-3349"),
 	}
 	// G duplicates D's ports but only on sgdummy; H scopes "all" to lo.
 	set[6].Iface = other.Name
 	h := mustBinding(t, "H", "tcp", "198.18.0.0/16", "all")
 	h.Iface = "lo"
 	set = append(set, h)
+	for i := range set {
+		if set[i].Label == "S" || set[i].Label == "Q" {
+			set[i].Iface = other.Name
+		}
+	}
 	if err := e.ns.Do(func() error { return e.d.Apply(set) }); err != nil {
 		t.Fatal(err)
 	}
@@ -146,6 +158,11 @@ func TestPrecedence(t *testing.T) {
 		{"v6 wildcard prefix", TCP, "[fd00:1::1]:80", "", "V"},
 		{"v6 no binding", TCP, "[fd00:1::1]:81", "", ""},
 		{"v4 outside every prefix", TCP, "198.20.0.1:80", "", ""},
+		{"narrower unscoped range beats wider scoped range", TCP, "198.18.1.1:2550", "sgdummy", "N"},
+		{"scoped range where no narrower one covers", TCP, "198.18.1.1:2100", "sgdummy", "S"},
+		{"equal widths: lower first port beats scope", TCP, "198.18.9.1:3260", "sgdummy", "P"},
+		{"equal widths: the scoped range alone", TCP, "198.18.9.1:3320", "sgdummy", "Q"},
+		{"equal widths, no interface", TCP, "198.18.9.1:3260", "", "P"},
 		{"v6 udp, all-ports bindings only", UDP, "[fd00:5067::7]:53", "", "Z"},
 		{"v6 udp, outside the all-ports binding", UDP, "[fd00:5068::7]:53", "", ""},
 		{"v4 udp, port bindings only, another port", UDP, "198.18.1.1:1551", "", ""},

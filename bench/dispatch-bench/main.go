@@ -24,6 +24,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -32,11 +33,13 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -58,6 +61,9 @@ var (
 	child    = flag.String("child", "", "internal: listen on the destinations in `FILE` inside -child-ns")
 	childNS  = flag.String("child-ns", "", "internal: namespace path of a child")
 )
+
+// interrupted is done once SIGINT or SIGTERM arrived.
+var interrupted = context.Background()
 
 // perChild is how many listeners one process holds: the machine's hard
 // RLIMIT_NOFILE may be as low as 20000, so 65,535 listeners take several
@@ -325,6 +331,9 @@ func measure(all []*contender, n int) error {
 			rng := rand.New(rand.NewPCG(1, 2))
 			b := max(*batch, 1)
 			for k := 0; k < n; k += b {
+				if err := interrupted.Err(); err != nil {
+					return fmt.Errorf("interrupted: %w", err)
+				}
 				for i := range all {
 					j := (i + k/b) % len(all)
 					if err := unix.Setns(fds[j], unix.CLONE_NEWNET); err != nil {
@@ -608,7 +617,7 @@ func nsInode(path string) (uint64, error) {
 }
 
 // mapMemlock sums the memlock the kernel reports for the dispatcher's
-// pinned maps and its binding table.
+// pinned maps and the binding table of its running program.
 func mapMemlock(d *dispatch.Dispatcher) int64 {
 	st, err := d.Status()
 	if err != nil {
@@ -623,25 +632,32 @@ func mapMemlock(d *dispatch.Dispatcher) int64 {
 		}
 		total += jsonInt(string(out), `"bytes_memlock":`)
 	}
-	// The live binding table is an inner map, reachable through the
-	// array of maps only: find it by name.
-	out, err := exec.Command("bpftool", "map", "show", "name", "dp_table").Output()
-	if err == nil {
-		// One line per dp_table map: the template and the live table;
-		// count the largest.
-		var max int64
-		for _, l := range strings.Split(string(out), "\n") {
-			if i := strings.Index(l, "memlock "); i >= 0 {
-				f := strings.Fields(l[i+len("memlock "):])
-				if len(f) > 0 {
-					v, _ := strconv.ParseInt(strings.TrimSuffix(f[0], "B"), 10, 64)
-					if v > max {
-						max = v
-					}
-				}
-			}
+	// The binding table belongs to the program instance, not to a pin:
+	// find it among the running program's maps.
+	prog, err := d.Program()
+	if err != nil {
+		return total
+	}
+	defer prog.Close()
+	info, err := prog.Info()
+	if err != nil {
+		return total
+	}
+	ids, _ := info.MapIDs()
+	for _, id := range ids {
+		m, err := ebpf.NewMapFromID(id)
+		if err != nil {
+			continue
 		}
-		total += max
+		mi, err := m.Info()
+		m.Close()
+		if err != nil || mi.Name != "dp_table" {
+			continue
+		}
+		out, err := exec.Command("bpftool", "-j", "map", "show", "id", strconv.Itoa(int(id))).Output()
+		if err == nil {
+			total += jsonInt(string(out), `"bytes_memlock":`)
+		}
 	}
 	return total
 }
@@ -904,6 +920,13 @@ func main() {
 		}
 		return
 	}
+	// On SIGINT or SIGTERM, stop between batches so that run's deferred
+	// cleanup unloads the dispatchers and removes the namespaces (a
+	// dispatcher's pinned socket map would otherwise keep its namespace
+	// alive after `ip netns del`).
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	interrupted = ctx
 	for _, s := range []string{"ports", "prefix"} {
 		if *only != "all" && *only != s {
 			continue
