@@ -230,8 +230,16 @@ func (b Binding) String() string {
 	return s
 }
 
+// MaxBindings is how many bindings a dispatcher stores (DP_MAX_BINDINGS,
+// the size of dp_specs). A larger set is refused before anything changes,
+// rather than going live and then failing to be recorded.
+const MaxBindings = 1 << 18
+
 // ValidateSet checks every binding and that no two are duplicates.
 func ValidateSet(bs []Binding) error {
+	if len(bs) > MaxBindings {
+		return fmt.Errorf("%d bindings: at most %d can be stored", len(bs), MaxBindings)
+	}
 	seen := make(map[bindingID]Binding, len(bs))
 	for _, b := range bs {
 		if err := b.Validate(); err != nil {

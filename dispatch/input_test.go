@@ -77,6 +77,24 @@ func TestValidateSetDuplicates(t *testing.T) {
 	}
 }
 
+// TestValidateSetTooMany: a set larger than dp_specs holds is refused up
+// front, instead of going live and then failing to be recorded.
+func TestValidateSetTooMany(t *testing.T) {
+	bs := make([]Binding, 0, MaxBindings+1)
+	for i := range MaxBindings + 1 {
+		b := mustBinding(t, "a", "tcp", "198.18.0.0/24", "1")
+		b.Ports = Ports{Lo: uint16(i%65535 + 1), Hi: uint16(i%65535 + 1)}
+		b.Prefix = netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i / 65535), 0}), 24)
+		bs = append(bs, b)
+	}
+	if err := ValidateSet(bs[:MaxBindings]); err != nil {
+		t.Fatalf("ValidateSet(%d bindings) = %v", MaxBindings, err)
+	}
+	if err := ValidateSet(bs); err == nil || !strings.Contains(err.Error(), "at most") {
+		t.Errorf("ValidateSet(%d bindings) = %v, want a refusal", len(bs), err)
+	}
+}
+
 func TestLabelKeyRoundTrip(t *testing.T) {
 	for _, s := range []string{"a", "web-frontend", strings.Repeat("é", 127)} {
 		if got := labelFromKey(newLabelKey(s)); got != s {
