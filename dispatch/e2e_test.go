@@ -301,14 +301,7 @@ func TestApplyAndUpgradeUnderLoad(t *testing.T) {
 // object: the upgrade must refuse and leave the running program alone.
 func TestUpgradeRefusesIncompatibleMaps(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	s := e.listen("svc", "tcp", "127.0.0.1:0", false)
-	e.register("svc", s, RegisterOptions{})
-	e.bind("svc", "tcp", "198.18.1.1", "80")
-	before, err := e.d.Status()
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, before := servingOne(t)
 	spec, err := loadDispatcher()
 	if err != nil {
 		t.Fatal(err)
@@ -343,19 +336,12 @@ func TestUpgradeRefusesIncompatibleMaps(t *testing.T) {
 // running program left alone.
 func TestChangesRefuseAnotherLayout(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	s := e.listen("svc", "tcp", "127.0.0.1:0", false)
-	e.register("svc", s, RegisterOptions{})
-	e.bind("svc", "tcp", "198.18.1.1", "80")
-	before, err := e.d.Status()
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, before := servingOne(t)
 	if err := e.d.meta.Put(uint32(0), metaValue{NextLabelId: 100, Layout: layoutVersion - 1}); err != nil {
 		t.Fatal(err)
 	}
 	b := mustBinding(t, "svc", "tcp", "198.18.1.2", "80")
-	err = e.ns.Do(func() error { return e.d.Bind(b) })
+	err := e.ns.Do(func() error { return e.d.Bind(b) })
 	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("layout %d", layoutVersion-1)) {
 		t.Fatalf("bind with pinned maps of layout %d: err = %v, want a refusal naming the layout", layoutVersion-1, err)
 	}
@@ -370,4 +356,19 @@ func TestChangesRefuseAnotherLayout(t *testing.T) {
 		t.Errorf("a refused change changed the dispatcher: program %d -> %d, bindings %d -> %d", before.ProgramID, after.ProgramID, before.Bindings, after.Bindings)
 	}
 	e.expect("tcp", "198.18.1.1:80", "svc")
+}
+
+// servingOne is a dispatcher serving 198.18.1.1:80 with one registered
+// socket, and its status.
+func servingOne(t *testing.T) (*env, Status) {
+	t.Helper()
+	e := newEnv(t)
+	s := e.listen("svc", "tcp", "127.0.0.1:0", false)
+	e.register("svc", s, RegisterOptions{})
+	e.bind("svc", "tcp", "198.18.1.1", "80")
+	st, err := e.d.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e, st
 }
