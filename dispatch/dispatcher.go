@@ -416,13 +416,10 @@ func (d *Dispatcher) Unbind(b Binding) error {
 // lookup sees either the old set or the new one. A destination bound in
 // both is never unbound, not even for an instant.
 func (d *Dispatcher) Apply(bs []Binding) error {
-	if err := ValidateSet(bs); err != nil {
-		return err
-	}
 	return d.withLock(func() error { return d.replace(bs) })
 }
 
-// replace installs bs (validated by the caller) under the lock.
+// replace installs bs under the lock.
 func (d *Dispatcher) replace(bs []Binding) error {
 	spec, err := loadDispatcher()
 	if err != nil {

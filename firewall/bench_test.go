@@ -35,14 +35,7 @@ const packetsPerRun = 1 << 20
 //	go test -run '^$' -bench BenchmarkProgram -count 5 ./firewall/
 func BenchmarkProgram(b *testing.B) {
 	b.Run("bare-xdp-drop", func(b *testing.B) {
-		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-			Type: ebpf.XDP,
-			Instructions: asm.Instructions{
-				asm.Mov.Imm(asm.R0, xdpDrop),
-				asm.Return(),
-			},
-			License: "MIT",
-		})
+		prog, err := xdpfloor.NewBare()
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -397,11 +390,7 @@ func BenchmarkFloor(b *testing.B) {
 	src := netip.MustParseAddr("172.16.0.1")
 	frame := benchFrame(src)
 	b.Run("bare-xdp-drop", func(b *testing.B) {
-		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-			Type:         ebpf.XDP,
-			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, xdpDrop), asm.Return()},
-			License:      "MIT",
-		})
+		prog, err := xdpfloor.NewBare()
 		if err != nil {
 			b.Fatal(err)
 		}

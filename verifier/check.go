@@ -18,12 +18,12 @@ const maxCallFrames = 8
 
 // node is a state stored in the pruning cache. branches counts the paths
 // and child nodes still being explored below it; a node whose branches
-// reach zero is fully verified (done) and may prune later paths.
+// reach zero is fully verified (done, recorded in verifier.doneIDs) and
+// may prune later paths.
 type node struct {
 	st       *state
 	parent   *node
 	branches int
-	done     bool
 	insn     int
 	// id numbers nodes from 1, for reg.gen.
 	id uint32
@@ -233,7 +233,6 @@ func (v *verifier) finish(n *node) {
 		if n.branches > 0 {
 			return
 		}
-		n.done = true
 		v.doneIDs[n.id] = true
 		n = n.parent
 	}

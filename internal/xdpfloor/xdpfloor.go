@@ -55,6 +55,12 @@ var verdicts = asm.Instructions{
 	asm.Return(),
 }
 
+// NewBare returns a program that drops every frame without reading it: the
+// ceiling every filter is measured against.
+func NewBare() (*ebpf.Program, error) {
+	return newProgram(asm.Instructions{asm.Mov.Imm(asm.R0, xdpDrop), asm.Return()})
+}
+
 // NewCompare returns a program that drops IPv4 frames from src and passes
 // the rest: the parse alone, with nothing to look up.
 func NewCompare(src netip.Addr) (*ebpf.Program, error) {

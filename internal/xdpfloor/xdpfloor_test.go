@@ -42,6 +42,16 @@ func TestVerdicts(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer compare.Close()
+	bare, err := NewBare()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bare.Close()
+	for _, tc := range cases {
+		if got, err := bare.Run(&ebpf.RunOptions{Data: tc.frame}); err != nil || got != xdpDrop {
+			t.Errorf("bare, %s: verdict %d, %v; want %d", tc.name, got, err, xdpDrop)
+		}
+	}
 	for _, p := range []struct {
 		name string
 		prog *ebpf.Program
